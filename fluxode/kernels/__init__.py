@@ -1,0 +1,165 @@
+"""Fused Adam-family kernels over flat 1-D buffers.
+
+Public entry points (all in place except the field)::
+
+    adam_step_(W, g, m, v, *, step, lr, betas, eps, weight_decay, decoupled, amsgrad, vmax,
+               maximize, backend)
+    rmsprop_step_(W, g, square_avg, *, lr, alpha, eps, weight_decay, momentum, centered,
+                  grad_avg, momentum_buf, maximize, backend)
+    adam_field(W, m, v, c1, c2, g, *, lr, betas, eps, weight_decay, decoupled, maximize, out,
+               backend) -> (dW, dm, dv, dc1, dc2)
+
+``backend``:
+  "reference"  plain torch ops in torch.optim's single-tensor order (``reference.py``);
+  "fused"      Triton on CUDA tensors, the CPU fast path (``cpu.py``) on CPU tensors;
+  "auto"       same as "fused", falling back to "reference" where no fused kernel applies
+               (float64 W on CUDA, or CUDA without Triton).
+
+The equations are in ``fluxode.kernels.reference``. ``flatten`` packs a parameter list into
+one flat buffer so that a whole model steps in one kernel launch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from . import cpu, reference
+from ._checks import (as_scalar, check_backend, check_betas, check_buffers, check_nonneg,
+                      check_step, check_unit_interval)
+
+__all__ = ["adam_step_", "rmsprop_step_", "adam_field", "flatten", "triton_available"]
+
+
+def triton_available() -> bool:
+    """True when Triton imports (needed for the CUDA kernels)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _impl(w: torch.Tensor, backend: str):
+    """Module implementing the chosen backend for buffers like ``w``."""
+    check_backend(backend)
+    if backend == "reference":
+        return reference
+    if w.device.type == "cpu":
+        return cpu
+    if w.device.type == "cuda" and w.dtype != torch.float64 and triton_available():
+        from . import triton_kernels
+        return triton_kernels
+    if backend == "fused":
+        raise ValueError(f"backend='fused' needs CPU tensors, or CUDA float32/bfloat16 tensors "
+                         f"with Triton installed; got {w.device} {w.dtype}")
+    return reference
+
+
+def adam_step_(W: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
+               step: int, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
+               eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
+               amsgrad: bool = False, vmax: torch.Tensor | None = None, maximize: bool = False,
+               backend: str = "auto") -> None:
+    """One Adam (``decoupled=False``) or AdamW (``decoupled=True``) step, in place.
+
+    ``step`` is k >= 1, the step count *including* this step (torch's ``state['step']``
+    after its increment). AdamW: W <- W(1 - lr wd); Adam: g <- g + wd W; then
+    m <- lerp(m, g, 1-b1), v <- b2 v + (1-b2) g^2, [vmax <- max(vmax, v)],
+    W <- W - lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps).
+    """
+    step = check_step(step)
+    b1, b2 = check_betas(betas)
+    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
+        "weight_decay", weight_decay)
+    if amsgrad and vmax is None:
+        raise ValueError("vmax must be given (a float32 buffer like v, zeros at step 1) "
+                         "when amsgrad=True")
+    check_buffers(W, [("g", g), ("m", m), ("v", v), ("vmax", vmax if amsgrad else None)])
+    _impl(W, backend).adam_step_(W, g, m, v, step=step, lr=lr, beta1=b1, beta2=b2, eps=eps,
+                                 weight_decay=wd, decoupled=bool(decoupled),
+                                 amsgrad=bool(amsgrad), vmax=vmax, maximize=bool(maximize))
+
+
+def rmsprop_step_(W: torch.Tensor, g: torch.Tensor, square_avg: torch.Tensor, *,
+                  lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8,
+                  weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
+                  grad_avg: torch.Tensor | None = None, momentum_buf: torch.Tensor | None = None,
+                  maximize: bool = False, backend: str = "auto") -> None:
+    """One RMSprop step, in place (torch.optim semantics; state buffers start at zero).
+
+    g <- g + wd W; s <- alpha s + (1-alpha) g^2; centered: a <- lerp(a, g, 1-alpha),
+    d = sqrt(s - a^2) + eps, else d = sqrt(s) + eps; momentum mu > 0: b <- mu b + g/d,
+    W <- W - lr b; else W <- W - lr g/d.
+    """
+    alpha = check_unit_interval("alpha", alpha)
+    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
+        "weight_decay", weight_decay)
+    momentum = check_nonneg("momentum", momentum)
+    if centered and grad_avg is None:
+        raise ValueError("grad_avg must be given (a float32 buffer like square_avg) when "
+                         "centered=True")
+    if momentum > 0 and momentum_buf is None:
+        raise ValueError("momentum_buf must be given (a float32 buffer like square_avg) when "
+                         "momentum > 0")
+    check_buffers(W, [("g", g), ("square_avg", square_avg),
+                      ("grad_avg", grad_avg if centered else None),
+                      ("momentum_buf", momentum_buf if momentum > 0 else None)])
+    _impl(W, backend).rmsprop_step_(W, g, square_avg, lr=lr, alpha=alpha, eps=eps,
+                                    weight_decay=wd, momentum=momentum, centered=bool(centered),
+                                    grad_avg=grad_avg, momentum_buf=momentum_buf,
+                                    maximize=bool(maximize))
+
+
+def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: torch.Tensor, *,
+               lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999), eps: float = 1e-8,
+               weight_decay: float = 0.0, decoupled: bool = True, maximize: bool = False,
+               out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               backend: str = "auto"):
+    """Adam/AdamW step-clock vector field, evaluated in one pass.
+
+    Returns (dW, dm, dv, dc1, dc2)::
+
+        dm = (1-b1)(g - m)     dv = (1-b2)(g^2 - v)
+        dc1 = (1-b1)(1 - c1)   dc2 = (1-b2)(1 - c2)
+        dW = -lr [ (m/c1) / (sqrt(v/c2) + eps) + wd W ]   (decoupled; Adam: g <- g + wd W)
+
+    with m/c1 -> g and v/c2 -> g^2 at c1 = c2 = 0 (tau = 0). ``c1``, ``c2`` are scalars
+    (floats or one-element tensors; dc1, dc2 come back as floats). dW, dm, dv are in the
+    state dtype (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
+    """
+    b1, b2 = check_betas(betas)
+    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
+        "weight_decay", weight_decay)
+    c1, c2 = as_scalar("c1", c1), as_scalar("c2", c2)
+    check_buffers(W, [("m", m), ("v", v), ("g", g)])
+    if out is not None:
+        if len(out) != 3:
+            raise ValueError("out must be a triple (dW, dm, dv) of buffers like m")
+        check_buffers(W, [("out[0]", out[0]), ("out[1]", out[1]), ("out[2]", out[2])])
+    return _impl(W, backend).adam_field(W, m, v, c1, c2, g, lr=lr, beta1=b1, beta2=b2, eps=eps,
+                                        weight_decay=wd, decoupled=bool(decoupled),
+                                        maximize=bool(maximize), out=out)
+
+
+def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None
+            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Copy ``tensors`` into one flat buffer; return (flat, views shaped like the inputs).
+
+    The views alias ``flat``, so a kernel stepping ``flat`` updates every view.
+    """
+    if len(tensors) == 0:
+        raise ValueError("tensors must be a non-empty sequence")
+    dev = tensors[0].device
+    dtype = dtype or tensors[0].dtype
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtype, device=dev)
+    views, off = [], 0
+    for t in tensors:
+        if t.device != dev:
+            raise ValueError(f"tensors must share one device; got {t.device} and {dev}")
+        view = flat[off:off + t.numel()].view(t.shape)
+        view.copy_(t)
+        views.append(view)
+        off += t.numel()
+    return flat, views
