@@ -1,0 +1,119 @@
+"""Rate expressions: the right-hand sides of the flows, in a form the discretizer can apply
+with the same floating-point operations as torch.optim.
+
+Two shapes cover every optimizer here:
+
+    Linear(keep, terms):  ẋ = -(1 - keep)·x + Σ cᵢ·uᵢ        uᵢ = a,  a·b  or  a/b
+    Toward(rate, target): ẋ = rate·(target - x)
+
+Their explicit-Euler step of size h is
+
+    Linear:  x ← κ_h·x + Σ h·cᵢ·uᵢ     κ_h = 1 - h(1 - keep)    (mul_, then add_/addcmul_/addcdiv_)
+    Toward:  x ← lerp(x, target, h·rate)
+
+plus ``Clock``, the bias-correction clock ċ = (1-β)(1-c), whose Euler iterates 1 - βᵏ are
+evaluated in closed form.
+
+so at h = 1 the step *is* torch's ``buf.mul_(μ).add_(g, alpha=1-d)``, ``exp_avg.lerp_(g, 1-β₁)``,
+``param.addcdiv_(m, denom, value=-step)`` and so on, bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Term:
+    """coef · a, coef · a·b (op='mul') or coef · a/b (op='div')."""
+
+    coef: float
+    a: Tensor | float
+    b: Tensor | None = None
+    op: str | None = None
+
+    def value(self) -> Tensor:
+        if self.op == "mul":
+            return self.a * self.b * self.coef
+        if self.op == "div":
+            return self.a * self.coef / self.b
+        return self.a * self.coef
+
+
+@dataclass(frozen=True)
+class Linear:
+    """ẋ = -(1 - keep)·x + Σ terms."""
+
+    terms: tuple[Term, ...]
+    keep: float = 1.0
+
+    def rate(self, x: Tensor) -> Tensor:
+        out = None
+        for t in self.terms:
+            v = t.value()
+            out = v if out is None else out + v
+        if out is None:
+            out = torch.zeros_like(x)
+        if self.keep != 1.0:
+            out = out - (1.0 - self.keep) * x
+        return torch.broadcast_to(out, x.shape) if out.shape != x.shape else out
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        factor = self.keep if h == 1.0 else 1.0 - h * (1.0 - self.keep)
+        if factor != 1.0:
+            x.mul_(factor)
+        for t in self.terms:
+            c = t.coef if h == 1.0 else h * t.coef
+            if t.op == "mul":
+                x.addcmul_(t.a, t.b, value=c)
+            elif t.op == "div":
+                x.addcdiv_(t.a, t.b, value=c)
+            elif isinstance(t.a, Tensor):
+                x.add_(t.a, alpha=c)
+            else:
+                x.add_(c * t.a)
+
+
+@dataclass(frozen=True)
+class Toward:
+    """ẋ = rate·(target - x)."""
+
+    rate_: float
+    target: Tensor | float
+
+    def rate(self, x: Tensor) -> Tensor:
+        return (self.target - x) * self.rate_
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        w = self.rate_ if h == 1.0 else h * self.rate_
+        if isinstance(self.target, Tensor):
+            x.lerp_(self.target, w)
+        else:
+            x.lerp_(torch.full_like(x, self.target), w)
+
+
+@dataclass(frozen=True)
+class Clock:
+    """ċ = (1 - keep)·(1 - c), c(0) = 0: a bias-correction clock, at time τ.
+
+    Its Euler iterates are known in closed form, c_k = 1 - κ_hᵏ with κ_h = 1 - h(1 - keep),
+    so the step from τ to τ + h evaluates that power (as torch does with ``1 - β**step``)
+    rather than accumulating k roundings. It assumes c holds the Euler iterate at τ, which is
+    true whenever the clock started at 0 at τ = 0 and only this scheme advanced it."""
+
+    keep: float
+    tau: float
+
+    def rate(self, x: Tensor) -> Tensor:
+        return (1 - x) * (1 - self.keep)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        kappa = self.keep if h == 1.0 else 1.0 - h * (1.0 - self.keep)
+        k = round((float(self.tau) + h) / h)
+        x.fill_(1 - kappa ** float(k))
+
+
+Rate = Linear | Toward | Clock

@@ -1,0 +1,87 @@
+"""RMSprop as a flow (torch.optim.RMSprop semantics).
+
+    v̇ = (1-α)(g² - v)
+    ḡ̇ = (1-α)(g - ḡ)                           (centered only)
+    a = √(v - ḡ²) + ε    (centered)   or   √v + ε
+    ḃ = g/a - (1-μ)·b,   Ẇ = -η(τ)·b          (momentum μ > 0)
+    Ẇ = -η(τ)·g/a                              (μ = 0)
+"""
+
+from __future__ import annotations
+
+from .. import validation as check
+from .base import Block, Flow
+from .rates import Linear, Term, Toward
+
+
+class RMSprop(Flow):
+    name = "rmsprop"
+    summary = "RMSprop: leaky mean of squared gradients (torch.optim.RMSprop)"
+    torch_twin = "RMSprop"
+    default_lr = 1e-2
+
+    def __init__(self, lr=None, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, *, maximize=False, schedule=None, max_grad_norm=None):
+        super().__init__(lr, weight_decay=weight_decay, maximize=maximize, schedule=schedule,
+                         max_grad_norm=max_grad_norm)
+        self.alpha = check.unit_interval("alpha", alpha)
+        self.eps = check.positive("eps", eps)
+        self.momentum = check.unit_interval("momentum", momentum, closed_right=True)
+        self.centered = check.flag("centered", centered)
+        self.vectors = ("v",) + (("gbar",) if self.centered else ()) + (
+            ("b",) if self.momentum else ())
+
+    def _denominator(self, S):
+        v = S["v"]
+        if self.centered:
+            return v.addcmul(S["gbar"], S["gbar"], value=-1).sqrt_().add_(self.eps)
+        return v.sqrt().add_(self.eps)
+
+    def blocks(self):
+        a = self.alpha
+
+        def averages(tau, S, g):
+            sq = Linear((Term(1 - a, g, g, "mul"),), keep=a)
+            return (sq, Toward(1 - a, g)) if self.centered else (sq,)
+
+        def buffer(tau, S, g):
+            return (Linear((Term(1, g, self._denominator(S), "div"),), keep=self.momentum),)
+
+        def position(tau, S, g):
+            eta = self.eta(tau)
+            if self.momentum:
+                return (Linear((Term(-eta, S["b"]),)),)
+            return (Linear((Term(-eta, g, self._denominator(S), "div"),)),)
+
+        out = [Block(("v", "gbar") if self.centered else ("v",), averages)]
+        if self.momentum:
+            out.append(Block(("b",), buffer))
+        return out + [Block(("W",), position)]
+
+    def equations(self):
+        eqs = [f"v̇  = (1-α)(g² - v)            α={self.alpha:g}"]
+        if self.centered:
+            eqs += ["ḡ̇  = (1-α)(g - ḡ)", f"a  = √(v - ḡ²) + ε          ε={self.eps:g}"]
+        else:
+            eqs += [f"a  = √v + ε                  ε={self.eps:g}"]
+        if self.momentum:
+            eqs += [f"ḃ  = g/a - (1-μ)·b           μ={self.momentum:g}", "Ẇ  = -η(τ)·b"]
+        else:
+            eqs += ["Ẇ  = -η(τ)·g/a"]
+        return eqs
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps,
+                "momentum": self.momentum, "centered": self.centered}
+
+    @classmethod
+    def option_grid(cls):
+        return [dict(centered=c, momentum=m, weight_decay=wd, maximize=mx)
+                for c in (False, True) for m in (0.0, 0.9) for wd in (0.0, 1e-2)
+                for mx in (False, True) if not (mx and wd)]
+
+    @classmethod
+    def invalid_options(cls):
+        return super().invalid_options() + [
+            {"alpha": 1.0}, {"alpha": -0.1}, {"eps": -1e-8}, {"momentum": -0.5},
+            {"centered": 1}]
