@@ -1,0 +1,1 @@
+"""Subcommands of the ``fluxode`` CLI (see ``fluxode.cli``)."""

@@ -1,0 +1,63 @@
+"""A flow's whole state in one flat buffer, for ODE solvers.
+
+Layout for a flow with auxiliaries (a₁, …) and clocks (c₁, …) over n parameters:
+
+    y = [ W (n) | a₁ (n) | a₂ (n) | … | c₁ | c₂ | … ]
+
+``views(y)`` gives the state dict as views into y (no copies), so a solver that works on y
+evaluates the field without concatenating tensors on every call; ``field_into`` writes
+dy/dτ into a preallocated buffer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .discretize import vector_field
+from .flows import Flow, State
+
+
+class FlatLayout:
+    """Offsets of each state variable of ``flow`` in a flat buffer over ``n`` parameters."""
+
+    def __init__(self, flow: Flow, n: int):
+        if n < 1:
+            raise ValueError(f"n (parameter count) must be in [1, inf), got {n}")
+        self.flow, self.n = flow, n
+        self.slices: dict[str, slice] = {}
+        offset = 0
+        for name in ("W", *flow.vectors):
+            self.slices[name] = slice(offset, offset + n)
+            offset += n
+        for name in flow.clocks:
+            self.slices[name] = slice(offset, offset + 1)
+            offset += 1
+        self.size = offset
+
+    def views(self, y: Tensor) -> State:
+        """State dict of views into y (clocks as 0-d views)."""
+        if y.shape != (self.size,):
+            raise ValueError(f"flat state must have shape ({self.size},), got {tuple(y.shape)}")
+        S = {}
+        for name, sl in self.slices.items():
+            v = y[sl]
+            S[name] = v.view(()) if name in self.flow.clocks else v
+        return S
+
+    def pack(self, S: State) -> Tensor:
+        """A new flat buffer holding the state dict S."""
+        W = S["W"]
+        y = torch.empty(self.size, dtype=W.dtype, device=W.device)
+        for name, view in self.views(y).items():
+            view.copy_(S[name].reshape(view.shape))
+        return y
+
+    def field_into(self, tau: float, y: Tensor, g: Tensor, out: Tensor,
+                   H: Tensor | None = None) -> Tensor:
+        """out ← dy/dτ of the continuous flow at (τ, y) with raw (clipped) gradient g."""
+        rates = vector_field(self.flow, tau, self.views(y), g, H)
+        dst = self.views(out)
+        for name, r in rates.items():
+            dst[name].copy_(r)
+        return out
