@@ -1,0 +1,274 @@
+"""Limit sweeps: discrete runs at shrinking steps h against an accurate continuous solution.
+
+For each h along a scaling path (``fluxode.paths``) the discrete optimizer runs to step-clock
+time T (T/h steps of the partitioned Euler map of F_h); the reference is the path's limit flow
+(or, with ``modified=True``, the first-order modified flow for that h) integrated with
+torchdiffeq's dopri5 at rtol = atol = 1e-12 in float64. Errors are ‖W_h(τ) - W(τ)‖₂ at the
+checkpoints τ = j·h_max (every h must divide h_max): the global error at T and the maximum
+over [0, T]. The order p is fitted by least squares on log e = p·log h + c with a t-based
+confidence interval for p.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchdiffeq import odeint
+
+from . import paths as P
+from .discretize import run_discrete
+from .flat import FlatLayout
+from .flows import Flow, make_flow
+from .forces import clip_gradients_
+
+
+# --- order fitting -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OrderFit:
+    """log e = order·log h + intercept; ``ci`` is the two-sided ``confidence`` interval."""
+
+    order: float
+    ci: tuple[float, float]
+    intercept: float
+    stderr: float
+    confidence: float
+
+
+def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
+    """Least-squares slope of log(error) against log(h), with a Student-t interval (n-2 dof)."""
+    from scipy import stats
+
+    h = np.asarray(hs, dtype=float)
+    e = np.asarray(errors, dtype=float)
+    if h.ndim != 1 or h.shape != e.shape:
+        raise ValueError(f"hs and errors must be 1-D of equal length, got {h.shape}, {e.shape}")
+    if len(h) < 3:
+        raise ValueError(f"need at least 3 step sizes to fit an order with an interval, got {len(h)}")
+    if not (np.all(np.isfinite(h)) and np.all(h > 0)):
+        raise ValueError("hs must be finite and in (0, inf)")
+    if not (np.all(np.isfinite(e)) and np.all(e > 0)):
+        raise ValueError("errors must be finite and in (0, inf) (a zero or non-finite error "
+                         "has no logarithm: check for divergence or a too-small h)")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    x, y = np.log(h), np.log(e)
+    A = np.stack([x, np.ones_like(x)], 1)
+    (slope, icpt), *_ = np.linalg.lstsq(A, y, rcond=None)
+    resid = y - A @ np.array([slope, icpt])
+    dof = len(h) - 2
+    sxx = float(np.sum((x - x.mean()) ** 2))
+    se = math.sqrt(float(resid @ resid) / dof / sxx) if dof > 0 else math.inf
+    tq = float(stats.t.ppf(0.5 + confidence / 2, dof))
+    return OrderFit(float(slope), (float(slope - tq * se), float(slope + tq * se)), float(icpt),
+                    se, confidence)
+
+
+# --- accurate continuous solutions ---------------------------------------------------------
+def initial_state(flow: Flow, problem, W0: Tensor) -> dict[str, Tensor]:
+    """The flow's state at τ = 0 from W0 (consistent with the first discrete step)."""
+    g = problem.grad(W0).clone()
+    clip_gradients_([g], flow.max_grad_norm)
+    H = problem.hessian(W0) if flow.needs_hessian else None
+    return flow.init(W0.clone(), flow.effective_gradient(W0, g, H))
+
+
+def integrate(flow: Flow, problem, W0: Tensor, times, method: str = "dopri5",
+              rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
+    """W(τ) at ``times`` (step clock, increasing, from 0) for the continuous flow, by
+    torchdiffeq on the flat state; returns a (len(times), n) tensor."""
+    W0 = W0.detach().reshape(-1)
+    layout = FlatLayout(flow, W0.numel())
+    y0 = layout.pack(initial_state(flow, problem, W0))
+    n = layout.n
+
+    def field(t, y):
+        W = y[:n]
+        g = problem.grad(W).clone()
+        clip_gradients_([g], flow.max_grad_norm)
+        H = problem.hessian(W) if flow.needs_hessian else None
+        return layout.field_into(float(t), y, g, torch.empty_like(y), H)
+
+    t = torch.as_tensor(times, dtype=y0.dtype)
+    ys = odeint(field, y0, t, method=method, rtol=rtol, atol=atol)
+    return ys[:, :n]
+
+
+def discrete(flow: Flow, problem, W0: Tensor, h: float, steps: int, every: int = 1) -> Tensor:
+    """W after every ``every``-th of ``steps`` partitioned Euler steps of size h (with W0)."""
+    hess = problem.hessian if flow.needs_hessian else None
+    _, Ws = run_discrete(flow, problem.grad, W0.detach().reshape(-1), steps, h=h,
+                         hess_fn=hess, every=every)
+    return Ws
+
+
+# --- sweeps ------------------------------------------------------------------------------------
+@dataclass
+class Sweep:
+    """Errors of the discrete runs against the reference, per h, and the fitted orders."""
+
+    flow: str
+    problem: str
+    path: str
+    reference: str
+    T: float
+    hs: list[float]
+    errors: list[float]        # ‖W_h(T) - W(T)‖
+    max_errors: list[float]    # max over checkpoints in [0, T]
+    order: float
+    order_ci: tuple[float, float]
+    max_order: float
+    max_order_ci: tuple[float, float]
+    hyperparameters: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["hyperparameters"] = {k: (v if isinstance(v, (int, float, bool, str, tuple, list))
+                                    else str(v)) for k, v in self.hyperparameters.items()}
+        return d
+
+
+def default_hs(T: float, n: int = 6, h_max: float | None = None) -> list[float]:
+    """h_max·2^{-j}, j = 0..n-1, with h_max = the largest of 1/2^i (≤ 0.5) dividing T."""
+    if h_max is None:
+        h_max = 0.5
+        while abs(T / h_max - round(T / h_max)) > 1e-9 * T / h_max and h_max > 1e-6:
+            h_max /= 2
+    return [h_max / 2 ** j for j in range(n)]
+
+
+def modified_flow(flow: Flow, h: float, path: str) -> Flow:
+    """The first-order modified flow of ``flow`` at step h of ``path`` (SGD / heavy ball)."""
+    from .flows.modified import ModifiedSGD
+    from .schedules import Constant
+
+    if flow.name != "sgd" or flow.nesterov or flow.dampening or flow.weight_decay \
+            or flow.maximize or flow.max_grad_norm is not None \
+            or not isinstance(flow.schedule, Constant):
+        raise ValueError("modified flows are derived for sgd (plain or heavy ball) with "
+                         "dampening=0, nesterov=False, no decay, clipping or schedule")
+    if flow.momentum and path != "betas-fixed":
+        raise ValueError("the heavy-ball modified flow is derived along path='betas-fixed' "
+                         "(momentum fixed, lr → h·lr)")
+    if flow.momentum == 1:
+        raise ValueError("momentum must be in [0, 1) for a modified flow, got 1")
+    return ModifiedSGD(lr=flow.lr, momentum=flow.momentum, h=h)
+
+
+def _check_grid(T: float, hs) -> tuple[list[float], int, list[int]]:
+    if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
+        raise ValueError(f"T must be in (0, inf), got {T!r}")
+    hs = [P.check_step(h) for h in hs]
+    if len(hs) < 3:
+        raise ValueError(f"hs must hold at least 3 step sizes, got {len(hs)}")
+    hs = sorted(hs, reverse=True)
+    h_max = hs[0]
+    n0 = round(T / h_max)
+    if n0 < 1 or abs(n0 * h_max - T) > 1e-9 * T:
+        raise ValueError(f"T/h must be an integer for every h; T={T:g}, h={h_max:g}")
+    ratios = []
+    for h in hs:
+        r = round(h_max / h)
+        if abs(r * h - h_max) > 1e-9 * h_max:
+            raise ValueError(f"every h must divide the largest h={h_max:g} (e.g. halvings); "
+                             f"got h={h:g}")
+        ratios.append(r)
+    return hs, n0, ratios
+
+
+def sweep(flow: Flow | str, problem, T: float, hs=None, path: str = "rates",
+          modified: bool = False, W0: Tensor | None = None, confidence: float = 0.95,
+          **hyperparameters) -> Sweep:
+    """Sweep h along ``path``: discrete runs to time T against the limit (or modified) flow."""
+    flow = make_flow(flow, **hyperparameters) if isinstance(flow, str) else flow
+    P.check_path(path)
+    if path == "sqrt":
+        raise ValueError("the sqrt path's limit is an SDE: use fluxode.sde for its study")
+    problem = _problem(problem)
+    hs, n0, ratios = _check_grid(T, default_hs(T) if hs is None else hs)
+    W0 = (problem.x0() if W0 is None else W0).detach().reshape(-1)
+    if W0.dtype != torch.float64:
+        raise ValueError(f"limit sweeps run in float64, got W0 of dtype {W0.dtype}")
+    checkpoints = torch.arange(n0 + 1, dtype=torch.float64) * hs[0]
+    plain = None if modified else integrate(P.limit_flow(flow, path), problem, W0, checkpoints)
+    errs, maxes = [], []
+    for h, r in zip(hs, ratios):
+        ref = integrate(modified_flow(flow, h, path), problem, W0, checkpoints) \
+            if modified else plain
+        Ws = discrete(P.discrete_flow(flow, h, path), problem, W0, h, n0 * r, every=r)
+        if not torch.isfinite(Ws).all():
+            raise ValueError(f"the discrete run diverged at h={h:g}: use smaller steps")
+        d = torch.linalg.vector_norm(Ws - ref, dim=1)
+        errs.append(float(d[-1]))
+        maxes.append(float(d.max()))
+    fit, fmax = fit_order(hs, errs, confidence), fit_order(hs, maxes, confidence)
+    ref_name = "modified" if modified else ("limit" if path != "rates" else "flow")
+    return Sweep(flow.name, getattr(problem, "name", "problem"), path, ref_name, float(T), hs,
+                 errs, maxes, fit.order, fit.ci, fmax.order, fmax.ci, flow.hyperparameters())
+
+
+def _problem(problem):
+    if isinstance(problem, str):
+        from .problems import make_problem
+
+        return make_problem(problem, dtype=torch.float64)
+    for attr in ("grad", "x0"):
+        if not hasattr(problem, attr):
+            raise ValueError(f"problem must be a name or have .grad(W) and .x0(), "
+                             f"missing {attr!r}")
+    return problem
+
+
+# --- plotting ------------------------------------------------------------------------------------
+def plot_sweeps(sweeps, path, title: str | None = None, slopes=(1, 2)):
+    """Log-log error vs h for one or more sweeps, fitted orders in the legend, reference
+    slopes as dashed lines through the first sweep's largest-h point; saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import save_figure
+
+    sweeps = [sweeps] if isinstance(sweeps, Sweep) else list(sweeps)
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    for s, marker in zip(sweeps, "osD^v<>"):
+        lo, hi = s.order_ci
+        ax.loglog(s.hs, s.errors, marker + "-", ms=5,
+                  label=f"{s.flow} vs {s.reference} ({s.path}): p = {s.order:.3f} "
+                        f"[{lo:.2f}, {hi:.2f}]")
+    h = np.array(sweeps[0].hs)
+    e0 = sweeps[0].errors[0]
+    for p, ls in zip(slopes, ("--", ":", "-.")):
+        ax.loglog(h, e0 * (h / h[0]) ** p, "k" + ls, lw=0.8, alpha=0.6, label=f"slope {p}")
+    ax.set_xlabel("step h (step clock)")
+    ax.set_ylabel(r"global error $\|W_h(T) - W(T)\|_2$")
+    ax.set_title(title or f"error vs step size, T = {sweeps[0].T:g}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def demo_error_vs_h(out_dir) -> dict:
+    """GD on the ravine: order-1 gap to gradient flow, order-2 gap to the modified flow
+    (Barrett & Dherin 2021). Writes error_vs_h.png and error_vs_h.json; returns the record."""
+    from pathlib import Path
+
+    from .io import write_json
+
+    out = Path(out_dir)
+    flow = make_flow("sgd", lr=0.01)
+    hs = [0.25 / 2 ** j for j in range(5)]
+    plain = sweep(flow, "ravine", T=20.0, hs=hs)
+    mod = sweep(flow, "ravine", T=20.0, hs=hs, modified=True)
+    png = plot_sweeps([plain, mod], out / "error_vs_h.png",
+                      title="GD on a ravine: gradient flow (order 1) vs modified flow (order 2)")
+    record = {"plain": plain.to_dict(), "modified": mod.to_dict(), "figure": str(png)}
+    write_json(out / "error_vs_h.json", record)
+    return record
