@@ -193,6 +193,11 @@ class _Field(nn.Module):
                 f"more than max_steps={self.max_steps} solver steps before τ={float(t0):.6g} "
                 f"(last step {dt:.3g}); raise max_steps or loosen rtol/atol")
 
+
+
+class _AdaptiveField(_Field):
+    """Adds torchdiffeq's accept/reject hooks (adaptive Runge–Kutta solvers only)."""
+
     def callback_accept_step(self, t0, y0, dt):
         self.accepted += 1
         self.last_nonfinite = None
@@ -231,13 +236,17 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
               rtol: float = 1e-7, atol: float = 1e-9, step_size: float | None = None,
               options: dict | None = None, dtype: torch.dtype | None = None, device=None,
               min_step: float | None = None, max_steps: int = 100_000,
-              check_finite: bool = True) -> Trajectory:
+              check_finite: bool = True, dense: bool = True) -> Trajectory:
     """Solve the flow's ODE from S(0) over τ ∈ [0, T], sampled at ``save_at`` (default: every
     integer when T is a whole number ≤ 2000, else 201 points).
 
     ``method``: any torchdiffeq solver in ``METHODS``. Adaptive ones use ``rtol``/``atol``;
     fixed-grid ones take ``step_size`` (default 1/4 of a step) on a grid that contains every
-    save time and minibatch boundary. ``options`` go to torchdiffeq as-is (e.g.
+    save time and minibatch boundary. ``explicit_adams`` defaults to ``max_order=5`` (the
+    4th-order Adams–Bashforth method; torchdiffeq's default of 12 steps is unstable).
+    ``dense=True`` reads adaptive solvers' save points off their dense output (free, but
+    torchdiffeq's interpolant is 4th order, below dopri8's 8th); ``dense=False`` makes the
+    solver step onto every save time (``step_t``), so saved values carry the method's order. ``options`` go to torchdiffeq as-is (e.g.
     ``max_order`` for the Adams methods). ``dtype``/``device``, when given, must match the
     problem's (the state lives where the problem does)."""
     flow = make_flow(flow) if isinstance(flow, str) else flow
@@ -268,17 +277,22 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
         grid = _grid(t, step, jumps).to(y0.device)
         opts["grid_constructor"] = lambda f, y, tt: grid
         opts.setdefault("perturb", bool(jumps))
+        if method == "explicit_adams":  # torchdiffeq's default (12) is unstable: AB4 instead
+            opts.setdefault("max_order", 5)
     else:
         if step_size is not None:
             raise ValueError(f"step_size applies to fixed-grid methods {list(FIXED)}, "
                              f"not to {method!r} (use rtol/atol, or options['first_step'])")
         if jumps:
             opts["jump_t"] = torch.tensor(jumps, dtype=torch.float64)
-        opts.setdefault("max_num_steps", max_steps)
+        if not dense:
+            on = [float(v) for v in t[1:-1] if float(v) not in set(jumps)]
+            opts["step_t"] = torch.tensor(on, dtype=torch.float64)
         opts["norm"] = _finite_norm(opts.get("norm", _rms_norm))
 
-    fn = _Field(flow, problem, layout, min_step, max_steps, check_finite,
-                reject_nonfinite=method in ADAPTIVE)
+    field_cls = _AdaptiveField if method in ADAPTIVE else _Field
+    fn = field_cls(flow, problem, layout, min_step, max_steps, check_finite,
+                   reject_nonfinite=method in ADAPTIVE)
     sync = y0.device.type == "cuda"
     start = time.perf_counter()
     try:
