@@ -168,6 +168,8 @@ def remove_stale_temporaries(out: Path) -> None:
 def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | None = None,
           log=None) -> dict:
     """Train; returns the summary (test_accuracy, final_loss, nfe_per_step, seconds, ...).
+    ``seconds`` is the time spent in optimizer steps (gradient evaluations and the solver),
+    summed over the run including before a resume; evaluation and output writing excluded.
 
     ``progress``: show a tqdm bar (default: when stderr is a terminal). ``log``: a function
     for one-line messages (default: none)."""
@@ -201,18 +203,16 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
 
     n, B = len(data.y_train), config.batch_size
     batches = math.ceil(n / B)
-    start, seconds0 = time.perf_counter(), prog["seconds"]
 
     def save_checkpoint():
         if not _finite(model, opt):
             raise Diverged(f"non-finite state at step {prog['step']}")
-        prog["seconds"] = seconds0 + time.perf_counter() - start
         io.save_torch(out / CHECKPOINT, {
             "format": FORMAT, "config": dataclasses.asdict(config), "flow": config.flow,
             "hyperparameters": config.hyperparameters(), "model": model.state_dict(),
             "optimizer": opt.state_dict(), "rng": torch.get_rng_state(), "progress": prog})
 
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     try:
         while prog["epoch"] < config.epochs:
@@ -223,7 +223,9 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
             sums = prog["sums"]
             while prog["batch"] < batches:
                 idx = order[prog["batch"] * B:(prog["batch"] + 1) * B]
+                t0 = time.perf_counter()
                 loss, correct = _step(model, opt, data.x_train[idx], data.y_train[idx])
+                prog["seconds"] += time.perf_counter() - t0
                 if not math.isfinite(loss):
                     raise Diverged(f"loss {loss} at step {prog['step']}")
                 sums["loss"] += loss * len(idx)
@@ -247,7 +249,7 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
                 "train_accuracy": sums["correct"] / sums["count"],
                 "test_loss": test_loss, "test_accuracy": test_acc,
                 "nfe_per_step": sums["nfe"] / sums["steps"],
-                "seconds": seconds0 + time.perf_counter() - start})
+                "seconds": prog["seconds"]})
             prog["epoch"] += 1
             prog["batch"] = 0
             prog["sums"] = _empty_sums()
@@ -255,13 +257,14 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
                 row = prog["history"][-1]
                 log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, test accuracy "
                     f"{row['test_accuracy']:.4f}, {row['nfe_per_step']:.1f} evaluations/step")
-            write_metrics(out, prog["history"], config)
+            write_metrics(out, prog["history"], config, plot=False)
     except (Diverged, FloatingPointError) as err:
         kept = (f"the last good checkpoint is kept at {out / CHECKPOINT}"
                 if (out / CHECKPOINT).exists() else "no checkpoint was written")
         raise Diverged(f"training diverged ({err}); lr={config.lr:g} is probably too large; "
                        f"{kept}") from None
     save_checkpoint()
+    write_metrics(out, prog["history"], config)
     io.save_torch(out / MODEL, model.state_dict())
     hist = prog["history"]
     summary = {"flow": config.flow, "method": config.method, "dataset": config.dataset,
@@ -297,8 +300,9 @@ def _step(model: nn.Module, opt: ODEOptimizer, xb, yb) -> tuple[float, int]:
 
 # --- outputs ------------------------------------------------------------------------------------
 
-def write_metrics(out: Path, history: list[dict], config: TrainConfig | None = None) -> None:
-    """metrics.csv, metrics.json and learning_curves.png in ``out``."""
+def write_metrics(out: Path, history: list[dict], config: TrainConfig | None = None,
+                  plot: bool = True) -> None:
+    """metrics.csv, metrics.json and (``plot``) learning_curves.png in ``out``."""
     if not history:
         return
     cols = list(history[0])
@@ -307,6 +311,8 @@ def write_metrics(out: Path, history: list[dict], config: TrainConfig | None = N
         + "\n" for row in history))
     io.write_json(out / "metrics.json", {"config": dataclasses.asdict(config) if config else None,
                                          "history": history})
+    if not plot:
+        return
     label = f"{config.flow} {config.method}" if config else "run"
     plot_learning_curves(out / "learning_curves.png", {label: history},
                          title=f"{config.model} on {config.dataset}" if config else "")
