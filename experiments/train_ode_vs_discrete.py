@@ -64,12 +64,12 @@ def plot(results: dict, path: Path, title: str) -> None:
 
     fig, ax = plt.subplots(1, 4, figsize=(17, 4))
     names = list(results)
-    for name in names:
+    for name, marker in zip(names, "osD^v"):
         h = results[name]["history"]
         ep = [r["epoch"] for r in h]
-        style = "--" if "discrete" in name else "-"
-        ax[0].semilogy(ep, [r["train_loss"] for r in h], style, marker="o", label=name)
-        ax[1].plot(ep, [r["test_accuracy"] for r in h], style, marker="o", label=name)
+        kw = dict(ls="--" if "discrete" in name else "-", marker=marker, mfc="none", label=name)
+        ax[0].semilogy(ep, [r["train_loss"] for r in h], **kw)
+        ax[1].plot(ep, [r["test_accuracy"] for r in h], **kw)
     ax[0].set_title("training loss (epoch mean)")
     ax[1].set_title("test accuracy")
     for a in ax[:2]:
