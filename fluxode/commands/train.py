@@ -73,8 +73,8 @@ def run(args) -> int:
             summary["discrete"] = T.train(
                 twin, tdir, resume=args.resume and (tdir / T.CHECKPOINT).exists(),
                 progress=not quiet, log=log)
-            runs = {f"{config.flow} {config.method}": _history(out),
-                    f"{config.flow} discrete": _history(tdir)}
+            runs = {f"{config.flow} {config.method}": T._load_history(out),
+                    f"{config.flow} discrete": T._load_history(tdir)}
             T.plot_learning_curves(out / "compare.png", runs,
                                    title=f"{config.model} on {config.dataset}: ODE-integrated "
                                          "vs discrete")
@@ -88,7 +88,3 @@ def run(args) -> int:
               f"{summary['final_loss']:.4f}, {summary['nfe_per_step']:.1f} gradient "
               f"evaluations/step, {summary['seconds']:.1f} s -> {out}")
     return 0
-
-
-def _history(out: Path) -> list[dict]:
-    return json.loads((out / "metrics.json").read_text())["history"]
