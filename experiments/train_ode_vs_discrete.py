@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fluxode import io  # noqa: E402
-from fluxode.train import TrainConfig, train  # noqa: E402
+from fluxode import io
+from fluxode.train import TrainConfig, train
 
 RUNS = {
-    "AdamW, discrete": dict(flow="adamw", method="discrete", lr=1e-2),
-    "AdamW flow, rk4": dict(flow="adamw", method="rk4", lr=1e-2),
-    "AdamW flow, dopri5": dict(flow="adamw", method="dopri5", lr=1e-2),
-    "SGD, discrete": dict(flow="sgd", method="discrete", lr=0.1),
-    "gradient flow, rk4": dict(flow="sgd", method="rk4", lr=0.1),
+    "AdamW, discrete": {"flow": "adamw", "method": "discrete", "lr": 1e-2},
+    "AdamW flow, rk4": {"flow": "adamw", "method": "rk4", "lr": 1e-2},
+    "AdamW flow, dopri5": {"flow": "adamw", "method": "dopri5", "lr": 1e-2},
+    "SGD, discrete": {"flow": "sgd", "method": "discrete", "lr": 0.1},
+    "gradient flow, rk4": {"flow": "sgd", "method": "rk4", "lr": 0.1},
 }
 
 
@@ -67,7 +67,7 @@ def plot(results: dict, path: Path, title: str) -> None:
     for name, marker in zip(names, "osD^v"):
         h = results[name]["history"]
         ep = [r["epoch"] for r in h]
-        kw = dict(ls="--" if "discrete" in name else "-", marker=marker, mfc="none", label=name)
+        kw = {"ls": "--" if "discrete" in name else "-", "marker": marker, "mfc": "none", "label": name}
         ax[0].semilogy(ep, [r["train_loss"] for r in h], **kw)
         ax[1].plot(ep, [r["test_accuracy"] for r in h], **kw)
     ax[0].set_title("training loss (epoch mean)")

@@ -61,7 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     dtype: str = "float32"
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         if self.flow not in FLOWS or FLOWS[self.flow].needs_hessian:
             raise ValueError(f"flow must be one of "
                              f"{sorted(n for n, c in FLOWS.items() if not c.needs_hessian)}, "

@@ -5,6 +5,7 @@ real network on digits."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 
 import numpy as np
@@ -14,8 +15,8 @@ from scipy.linalg import expm
 from torch import nn
 
 from fluxode import datasets
-from fluxode.ode_optimizer import ODEOptimizer, invariant_nonnegative, moment_floor
 from fluxode.flows import make_flow
+from fluxode.ode_optimizer import ODEOptimizer, invariant_nonnegative, moment_floor
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -133,9 +134,9 @@ def test_gradient_flow_convergence_orders_rk4_vs_euler():
     for method, order in (("euler", 1), ("rk4", 4)):
         errs = [np.linalg.norm(_run_quadratic(A, ws, W0, flow="sgd", method=method, lr=eta,
                                               substeps=s)[0] - exact) for s in subs]
-        assert all(e2 < e1 for e1, e2 in zip(errs, errs[1:]))
+        assert all(e2 < e1 for e1, e2 in itertools.pairwise(errs))
         assert abs(_order(errs, subs) - order) < 0.15, (method, errs)
-    W, opt = _run_quadratic(A, ws, W0, flow="sgd", method="rk4", lr=eta, substeps=16)
+    _W, opt = _run_quadratic(A, ws, W0, flow="sgd", method="rk4", lr=eta, substeps=16)
     assert opt.last_nfe == 4 * 16
 
 
@@ -200,7 +201,12 @@ def test_clipping_acts_inside_every_field_evaluation():
         for method in ("rk4", "dopri5", "euler"):
             W = nn.Parameter(torch.zeros(2, dtype=torch.float64))
             opt = ODEOptimizer([W], "sgd", method, lr=0.2, max_grad_norm=max_norm)
-            opt.step(lambda: (opt.zero_grad(), (c @ W).backward()))
+
+            def closure(W=W, opt=opt):
+                opt.zero_grad()
+                (c @ W).backward()
+
+            opt.step(closure)
             torch.testing.assert_close(W.detach(), -0.2 * scale * c, rtol=1e-12, atol=1e-15)
 
 
