@@ -99,6 +99,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 10)
+    import torch
+
+    torch.set_num_threads(1)  # a 64-unit MLP: extra threads only add synchronization
     out = Path(args.out)
     results = run(out, epochs, seed=args.seed)
     title = f"MLP on digits, {epochs} epochs, batch 64: ODE-integrated vs discrete training"
