@@ -33,12 +33,13 @@ class FlowOptimizer(torch.optim.Optimizer):
                              "fluxode.integrate on a problem that provides one")
         defaults = dict(proto.hyperparameters(), h=positive("h", h))
         self.flow_name = flow
+        self._hp_names = tuple(proto.hyperparameters())
         self._flows: dict[tuple, Flow] = {}
         super().__init__(params, defaults)
 
     def flow_for(self, group: dict) -> Flow:
         """The flow with this param group's current hyperparameters (cached)."""
-        hp = {k: group[k] for k in self.defaults if k != "h"}
+        hp = {k: group[k] for k in self._hp_names}
         key = tuple(sorted((k, v) for k, v in hp.items()))
         flow = self._flows.get(key)
         if flow is None:

@@ -1,0 +1,149 @@
+"""Table-driven tests over the flow registry: every registered flow gets each check."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fluxode.discretize import euler_step_, run_discrete, vector_field
+from fluxode.flows import FLOWS, make_flow
+from fluxode.flows.rates import Clock
+
+ALL = sorted(FLOWS)
+TWINS = sorted(n for n, c in FLOWS.items() if c.torch_twin)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_flow_describes_itself(name):
+    flow = make_flow(name)
+    text = flow.describe()
+    assert name in text
+    for state in flow.state_names:
+        assert state in text
+    assert "Ẇ" in text
+    assert flow.memory_per_param == len(flow.vectors)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_invalid_hyperparameters_are_refused_by_name(name):
+    for bad in FLOWS[name].invalid_options():
+        with pytest.raises(ValueError) as err:
+            make_flow(name, **bad)
+        key = next(iter(bad))
+        assert key.split("[")[0] in str(err.value), (bad, str(err.value))
+
+
+def test_unknown_flow_and_unknown_hyperparameter():
+    with pytest.raises(ValueError, match="flow must be one of"):
+        make_flow("adamx")
+    with pytest.raises(ValueError, match="beta1"):
+        make_flow("adam", beta1=0.9)
+
+
+@pytest.mark.parametrize("name", TWINS)
+@pytest.mark.parametrize("opts", [0, -1])
+def test_option_grid_is_valid(name, opts):
+    make_flow(name, **FLOWS[name].option_grid()[opts])
+
+
+def _quadratic(dtype=torch.float64):
+    A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=dtype)
+    return A, (lambda W: A @ W)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_discrete_run_decreases_a_convex_quadratic(name):
+    A, grad = _quadratic()
+    flow = make_flow(name, lr=0.05)
+    W0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    _, Ws = run_discrete(flow, grad, W0, 400, hess_fn=lambda W: A)
+    loss = lambda W: 0.5 * W @ A @ W  # noqa: E731
+    assert loss(Ws[-1]) < 0.5 * loss(W0)
+
+
+def test_adam_clock_is_the_bias_correction_exactly():
+    flow = make_flow("adam", betas=(0.9, 0.999))
+    S = flow.init(torch.zeros(3, dtype=torch.float64))
+    for k in range(1, 200):
+        euler_step_(flow, k - 1, S, torch.ones(3, dtype=torch.float64))
+        assert float(S["c1"]) == 1 - 0.9 ** float(k)
+        assert float(S["c2"]) == 1 - 0.999 ** float(k)
+
+
+def test_clock_rate_is_the_ode():
+    c = torch.tensor(0.25, dtype=torch.float64)
+    assert float(Clock(0.9, 3.0).rate(c)) == pytest.approx(0.1 * 0.75)
+
+
+def test_adam_field_at_time_zero_is_the_bias_corrected_limit():
+    flow = make_flow("adam", lr=0.1, eps=1e-8)
+    g = torch.tensor([2.0, -0.5, 0.0], dtype=torch.float64)
+    S = flow.init(torch.zeros(3, dtype=torch.float64))
+    d = vector_field(flow, 0.0, S, g)
+    assert torch.allclose(d["W"], -0.1 * g / (g.abs() + 1e-8))
+    assert torch.allclose(d["m"], 0.1 * g) and torch.allclose(d["v"], 0.001 * g * g)
+    assert float(d["c1"]) == pytest.approx(0.1) and float(d["c2"]) == pytest.approx(0.001)
+
+
+def test_amsgrad_envelope_field_tracks_the_running_maximum():
+    flow = make_flow("adam", amsgrad=True)
+    S = flow.init(torch.zeros(2, dtype=torch.float64))
+    S["v"] = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    S["vmax"] = torch.tensor([1.0, 2.0], dtype=torch.float64)  # touching / above the envelope
+    S["c1"].fill_(0.5), S["c2"].fill_(0.5)
+    d = vector_field(flow, 5.0, S, torch.tensor([3.0, 3.0], dtype=torch.float64))
+    assert d["v"][0] > 0 and d["vmax"][0] == d["v"][0]  # on the envelope: moves with v
+    assert d["vmax"][1] == 0  # v below the running max: the max stays
+
+
+def test_sgd_dampening_initial_condition_reproduces_torch_first_step():
+    flow = make_flow("sgd", lr=0.1, momentum=0.9, dampening=0.3)
+    g0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    S = flow.init(torch.zeros(2, dtype=torch.float64), g0)
+    euler_step_(flow, 0.0, S, g0)
+    assert torch.allclose(S["b"], g0, rtol=0, atol=1e-15)  # torch: buf = g on step 1
+
+
+def test_partitioned_not_simultaneous_euler_is_torch():
+    """DESIGN §2: plain (simultaneous) Euler does not reproduce torch's Adam; partitioned does."""
+    A, grad = _quadratic()
+    W = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([W], lr=0.1, foreach=False)
+    flow = make_flow("adam", lr=0.1)
+    S_part = flow.init(W.detach().clone())
+    S_simul = flow.init(W.detach().clone())
+    for k in range(20):
+        opt.zero_grad()
+        W.grad = grad(W.detach())
+        opt.step()
+        euler_step_(flow, k, S_part, grad(S_part["W"]))
+        d = vector_field(flow, k, S_simul, grad(S_simul["W"]))
+        S_simul = {n: S_simul[n] + d[n] for n in S_simul}
+    assert torch.equal(S_part["W"], W.detach())
+    assert (S_simul["W"] - W.detach()).abs().max() > 1e-3
+
+
+def test_newton_flow_refuses_big_problems_and_needs_a_hessian():
+    flow = make_flow("newton", max_dim=4)
+    with pytest.raises(ValueError, match="max_dim"):
+        flow.effective_gradient(torch.zeros(5), torch.zeros(5), torch.eye(5))
+    with pytest.raises(ValueError, match="Hessian"):
+        flow.effective_gradient(torch.zeros(3), torch.zeros(3))
+
+
+def test_newton_step_one_solves_a_quadratic():
+    A, grad = _quadratic()
+    _, Ws = run_discrete(make_flow("newton", lr=1.0), grad, torch.tensor([1.0, 2.0],
+                         dtype=torch.float64), 1, hess_fn=lambda W: A)
+    assert Ws[-1].abs().max() < 1e-14
+
+
+def test_nesterov_ode_field_at_zero_is_the_ode_limit():
+    flow = make_flow("nesterov-ode", lr=0.04)
+    S = flow.init(torch.ones(2, dtype=torch.float64))
+    g = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    d = vector_field(flow, 0.0, S, g)
+    assert torch.allclose(d["V"], -math.sqrt(0.04) * g / 4)
+    assert torch.equal(d["W"], torch.zeros(2, dtype=torch.float64))

@@ -1,0 +1,83 @@
+"""The discretizer at h = 1 against the installed torch.optim, every flow and option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from fluxode import cli
+from fluxode.flows import FLOWS
+from fluxode.verify import cases, verify
+
+TWINS = sorted(n for n, c in FLOWS.items() if c.torch_twin)
+
+
+def test_case_table_covers_every_twin_and_is_large():
+    cs = cases()
+    assert {c.flow for c in cs} == set(TWINS)
+    assert len(cs) >= 40
+
+
+@pytest.mark.parametrize("flow", TWINS)
+def test_float64_within_1e12_after_1000_steps(flow):
+    records = verify("float64", 1000, flows=[flow])
+    worst = max(records, key=lambda r: r["max_rel_err"])
+    assert all(r["ok"] for r in records), worst
+    assert worst["max_rel_err"] <= 1e-12
+
+
+@pytest.mark.parametrize("flow", TWINS)
+def test_float32_is_bit_for_bit(flow):
+    """The rate expressions apply torch's own ops in torch's order, and the bias-correction
+    clocks are evaluated as torch does, so every float32 case is bitwise identical."""
+    records = verify("float32", 200, flows=[flow])
+    assert [r["options"] for r in records if not r["bitwise"]] == []
+
+
+def test_verify_cli_json(capsys):
+    assert cli.main(["verify", "--dtype", "float64", "--steps", "3", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) >= 40
+    for r in records:
+        assert {"flow", "options", "dtype", "steps", "max_abs_err", "max_rel_err",
+                "bitwise"} <= set(r)
+        assert r["dtype"] == "float64" and r["steps"] == 3
+
+
+def test_verify_cli_fails_on_mismatch(monkeypatch, capsys):
+    import fluxode.verify as v
+
+    real = v.run_case
+
+    def broken(case, dtype, steps, seed=0):
+        rec = real(case, dtype, steps, seed)
+        if case.flow == "sgd":
+            rec["max_rel_err"] = 1.0
+        return rec
+    monkeypatch.setattr(v, "run_case", broken)
+    assert cli.main(["verify", "--steps", "2", "--flow", "sgd", "--flow", "adam"]) == 1
+    out = capsys.readouterr()
+    assert "BAD" in out.out and "beyond tolerance" in out.err
+
+
+def test_verify_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="dtype"):
+        verify("float16", 10)
+    with pytest.raises(ValueError, match="steps"):
+        verify("float64", 0)
+
+
+def test_run_case_detects_a_real_difference(monkeypatch):
+    """A fluxode side that is off by one part in 1e9 in lr must fail (the check is not vacuous)."""
+    import fluxode.verify as v
+    from fluxode.optim import FlowOptimizer
+
+    def off(params, flow, lr, **kw):
+        return FlowOptimizer(params, flow, lr=lr * (1 + 1e-9), **kw)
+    case = v.Case("adam", {})
+    assert v.run_case(case, torch.float64, 50)["bitwise"]
+    monkeypatch.setattr(v, "FlowOptimizer", off)
+    rec = v.run_case(case, torch.float64, 50)
+    assert not rec["bitwise"] and rec["max_rel_err"] > 1e-12
