@@ -20,13 +20,15 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .flows import Block, Envelope, Flow, State
+from .flows import Envelope, Flow, State
 from .forces import clip_gradients_
 
 
 def vector_field(flow: Flow, tau: float, S: State, g: Tensor,
                  H: Tensor | None = None) -> dict[str, Tensor]:
-    """dS/dτ for the continuous flow at (τ, S) with raw (already clipped) gradient g."""
+    """dS/dτ for the continuous flow at (τ, S) with raw (already clipped) gradient g,
+    evaluated at ``flow.admissible(S)``."""
+    S = flow.admissible(S)
     ge = flow.effective_gradient(S["W"], g, H)
     out: dict[str, Tensor] = {}
     for block in flow.blocks():

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from .discretize import euler_step_, vector_field
+from .discretize import euler_step_
 from .flat import FlatLayout
 from .flows import FLOWS, Flow, make_flow
 from .forces import clip_gradients_
@@ -67,13 +67,6 @@ class ODEOptimizer(torch.optim.Optimizer):
         self._hp_names = tuple(proto.hyperparameters())
         self._flows: dict[tuple, Flow] = {}
         super().__init__(params, proto.hyperparameters())
-
-    def nonnegative_states(self, flow: Flow) -> tuple[str, ...]:
-        """Auxiliaries whose nonnegative orthant the exact flow never leaves (cached)."""
-        key = ("nonnegative", flow.name, tuple(flow.hyperparameters().items()))
-        if key not in self._flows:
-            self._flows[key] = invariant_nonnegative(flow)
-        return self._flows[key]
 
     # --- plumbing -----------------------------------------------------------------------------
     def flow_for(self, group: dict) -> Flow:
@@ -212,9 +205,7 @@ class ODEOptimizer(torch.optim.Optimizer):
                         f"non-finite gradient of flow {flow.name!r} at τ = {tau:g}: the step "
                         "diverged (lr too large, or a loss that overflows?)")
                 clip_gradients_([g], flow.max_grad_norm)
-                layout.field_into(tau, project_invariant(flow, layout, yi,
-                                                    self.nonnegative_states(flow)),
-                                  g, out[s])
+                layout.field_into(tau, yi, g, out[s])
             return out
 
         t = torch.tensor([tau0, tau0 + self.h], dtype=torch.float64, device=y0.device)
@@ -322,63 +313,3 @@ class ODEOptimizer(torch.optim.Optimizer):
                         f"state dict does not fit param group {gi}: flow {flow.name!r} over "
                         f"{layout.n} parameters needs a flat state of {layout.size} values")
         super().load_state_dict(rest)
-
-
-
-# --- invariant sets: where the exact flow stays, and RK stages may stray --------------------
-
-def invariant_nonnegative(flow: Flow) -> tuple[str, ...]:
-    """Auxiliary states x with x(0) = 0 and ẋ ≥ 0 wherever x = 0 (probed on a start state with
-    gradients of both signs): by Nagumo's condition the exact flow keeps them ≥ 0 (Adam's v,
-    Adagrad's sum, RMSprop's square average)."""
-    W = torch.linspace(-1.0, 1.0, 8, dtype=torch.float64)
-    g = torch.tensor([0.3, -1.2, 2.0, -0.1, 0.7, -2.5, 1.1, -0.6], dtype=torch.float64)
-    S = flow.init(W.clone(), flow.effective_gradient(W, g))
-    rates = vector_field(flow, 0.0, S, g)
-    return tuple(n for n in flow.vectors
-                 if bool((S[n] == 0).all()) and bool((rates[n] >= 0).all()))
-
-
-def moment_floor(flow: Flow, S: dict) -> Tensor | None:
-    """For Adam-type flows (states m, v, c₁ with β₁ ≤ β₂): the lower bound on v that the exact
-    flow satisfies. With weights wᵢ(s) = (1-βᵢ)e^{-(1-βᵢ)(τ-s)}, m = ∫w₁g, v = ∫w₂g²,
-    c₁ = ∫w₁, Cauchy-Schwarz and w₁/w₂ ≤ (1-β₁)/(1-β₂) give
-
-        m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂),   i.e.   v ≥ (1-β₂)/(1-β₁) · m²/c₁.
-
-    The exact flow starts on this boundary (v ≈ (1-β₂)τg² as τ → 0), so Runge-Kutta stages in
-    the first interval routinely land just outside it, where m/√v is unbounded."""
-    betas = getattr(flow, "betas", None)
-    if not (betas and {"m", "v"} <= set(flow.vectors) and "c1" in flow.clocks):
-        return None
-    b1, b2 = betas
-    c1 = float(S["c1"])
-    if b1 > b2 or c1 <= 0:
-        return None
-    return S["m"].square().mul_((1 - b2) / ((1 - b1) * c1))
-
-
-def project_invariant(flow: Flow, layout: FlatLayout, y: Tensor,
-                      nonnegative: tuple[str, ...]) -> Tensor:
-    """y, or a copy moved onto the set the exact flow never leaves (``invariant_nonnegative``
-    components clamped at 0, Adam's v raised to ``moment_floor``).
-
-    Solver stages combine derivatives with negative weights (rk4's 3/8 rule: k₂ - k₁/3), so from
-    the singular start (v = m = c = 0) a stage can hold v ≤ 0 beside m ≠ 0, and the field's
-    m/(√v + ε) explodes. Evaluating the field at the projected state extends it to the whole
-    space, Lipschitz, without changing it anywhere on the flow's own trajectories."""
-    S = layout.views(y)
-    floor = moment_floor(flow, S)
-    need = any(bool((S[n] < 0).any()) for n in nonnegative)
-    need = need or (floor is not None and bool((S["v"] < floor).any()))
-    if not need:
-        return y
-    y = y.clone()
-    S = layout.views(y)
-    for n in nonnegative:
-        S[n].clamp_(min=0)
-    if floor is not None:
-        for n in ("v", "vmax"):
-            if n in S:
-                torch.maximum(S[n], floor, out=S[n])
-    return y

@@ -16,7 +16,7 @@ from torch import nn
 
 from fluxode import datasets
 from fluxode.flows import make_flow
-from fluxode.ode_optimizer import ODEOptimizer, invariant_nonnegative, moment_floor
+from fluxode.ode_optimizer import ODEOptimizer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -254,11 +254,22 @@ def test_grad_after_step_is_the_closures_gradient_at_the_start():
 
 # --- Adam's singular start ----------------------------------------------------------------------
 
-def test_invariant_sets_of_the_flows():
-    assert invariant_nonnegative(make_flow("adamw")) == ("v",)
-    assert invariant_nonnegative(make_flow("adam", amsgrad=True)) == ("v", "vmax")
-    assert invariant_nonnegative(make_flow("sgd", momentum=0.9)) == ()
-    assert invariant_nonnegative(make_flow("adagrad")) == ("s",)
+def test_admissible_projection_of_the_flows():
+    """Stages outside the invariant set are projected; states inside are left alone."""
+    t = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    adam = make_flow("adam", amsgrad=True)
+    S = {"W": t(0.0, 0.0), "m": t(0.0, 0.0), "v": t(-1.0, 2.0), "vmax": t(-0.5, 2.0),
+         "c1": t(0.0)[0], "c2": t(0.0)[0]}
+    P = adam.admissible(S)
+    assert P["v"].tolist() == [0.0, 2.0] and P["vmax"].tolist() == [0.0, 2.0]
+    assert S["v"].tolist() == [-1.0, 2.0]  # a copy, not in place
+    assert make_flow("adagrad", initial_accumulator_value=0.1).admissible(
+        {"W": t(0.0), "s": t(0.05)})["s"].tolist() == [0.1]
+    rms = make_flow("rmsprop", centered=True)
+    P = rms.admissible({"W": t(0.0), "v": t(0.5), "gbar": t(1.0)})
+    assert P["v"].tolist() == [1.0]
+    S = {"W": t(0.0), "b": t(-3.0)}
+    assert make_flow("sgd", momentum=0.9).admissible(S) is S
 
 
 def test_moment_floor_holds_on_an_exact_adam_trajectory():
@@ -276,7 +287,7 @@ def test_moment_floor_holds_on_an_exact_adam_trajectory():
         opt.step(closure)
         st = opt.state[W]
         S = {"m": st["y"][3:6], "v": st["y"][6:9], "c1": torch.tensor(st["clocks"][0])}
-        floor = moment_floor(flow, S)
+        floor = flow.moment_floor(S)
         assert bool((S["v"] >= floor * (1 - 1e-6)).all())
 
 

@@ -38,6 +38,10 @@ class Adagrad(Flow):
         S["s"].fill_(self.initial_accumulator_value)
         return S
 
+    def admissible(self, S):
+        """s ≥ s(0): the accumulator only grows."""
+        return self._raise_to(S, {"s": self.initial_accumulator_value})
+
     def blocks(self):
         def accumulator(tau, S, g):
             return (Linear((Term(1, g, g, "mul"),)),)

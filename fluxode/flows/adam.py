@@ -11,6 +11,8 @@ the quotients m/c₁ and v/c₂ are 0/0; their limits are g and g².
 
 from __future__ import annotations
 
+from torch import Tensor
+
 from .. import validation as check
 from .base import Block, Envelope, Flow
 from .rates import Clock, Linear, Term, Toward
@@ -33,6 +35,22 @@ class Adam(Flow):
         self.eps = check.positive("eps", eps)
         self.amsgrad = check.flag("amsgrad", amsgrad)
         self.vectors = ("m", "v", "vmax") if self.amsgrad else ("m", "v")
+
+    def moment_floor(self, S) -> Tensor | None:
+        """The bound v ≥ (1-β₂)/(1-β₁)·m²/c₁ of the exact flow (β₁ ≤ β₂, c₁ > 0).
+
+        With wᵢ(s) = (1-βᵢ)e^{-(1-βᵢ)(τ-s)}: m = ∫w₁g, v = ∫w₂g², c₁ = ∫w₁, and Cauchy–Schwarz
+        with w₁/w₂ ≤ (1-β₁)/(1-β₂) gives m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂)."""
+        b1, b2 = self.betas
+        c1 = float(S["c1"])
+        if b1 > b2 or c1 <= 0:
+            return None
+        return S["m"].square().mul_((1 - b2) / ((1 - b1) * c1))
+
+    def admissible(self, S):
+        floor = self.moment_floor(S)
+        floor = 0.0 if floor is None else floor
+        return self._raise_to(S, {n: floor for n in self.vectors if n != "m"})
 
     def blocks(self):
         b1, b2 = self.betas

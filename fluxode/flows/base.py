@@ -103,6 +103,27 @@ class Flow:
 
     decoupled_decay: ClassVar[bool] = False
 
+    def admissible(self, S: State) -> State:
+        """S, or a copy moved onto the set the exact flow never leaves (default: S itself).
+
+        Runge–Kutta stages combine slopes with negative weights (rk4's 3/8 rule), so from a
+        singular start (Adam's m = v = c = 0) a stage can hold v < 0 beside m ≠ 0, where the
+        field is unbounded. The continuous field is evaluated at the projected state: that
+        extends it to the whole space without changing it on the flow's own trajectories.
+        The discrete (torch.optim) step never projects."""
+        return S
+
+    @staticmethod
+    def _raise_to(S: State, floors: dict[str, Tensor | float]) -> State:
+        """S with S[name] ≥ floor elementwise, copying only when something is below."""
+        low = {n: f for n, f in floors.items() if bool((S[n] < f).any())}
+        if not low:
+            return S
+        S = dict(S)
+        for n, f in low.items():
+            S[n] = torch.clamp(S[n], min=f) if not isinstance(f, Tensor) else torch.maximum(S[n], f)
+        return S
+
     def blocks(self) -> list[Block | Envelope]:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -80,7 +80,7 @@ class ModifiedSGD(Flow):
         mu = self.momentum
         return [f"Ẇ  = -η(τ)/(1-μ)·[g + 2c·Hg]      μ={mu:g}, c = s(1+μ)/(4(1-μ)²) = "
                 f"{self.coefficient:.4g}, s = h·lr = {self.step:g}",
-                f"W(0) = W₀ + sμ/(1-μ)²·g₀" if (mu and self.shift_start) else "W(0) = W₀"]
+                "W(0) = W₀ + sμ/(1-μ)²·g₀" if (mu and self.shift_start) else "W(0) = W₀"]
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "h": self.h,

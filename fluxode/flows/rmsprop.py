@@ -31,6 +31,11 @@ class RMSprop(Flow):
         self.vectors = ("v",) + (("gbar",) if self.centered else ()) + (
             ("b",) if self.momentum else ())
 
+    def admissible(self, S):
+        """v ≥ 0, and v ≥ ḡ² when centered (Jensen: a mean of squares ≥ the square of the mean,
+        both means with the same weights)."""
+        return self._raise_to(S, {"v": S["gbar"].square() if self.centered else 0.0})
+
     def _denominator(self, S):
         v = S["v"]
         if self.centered:
