@@ -1,0 +1,227 @@
+"""Stochastic limits: minibatch noise, the SDEs of SGD and of RMSprop, on noisy quadratics.
+
+Minibatch noise. With per-example gradients gᵢ (i = 1..N), the gradient noise covariance is
+Σ = cov(gᵢ); a batch of B drawn with replacement has covariance Σ/B (without replacement
+Σ·(N-B)/(B(N-1))).
+
+SGD (Li, Tai & E 2017). SGD with lr η on g = ∇L + ξ, cov ξ = Σ, in lr-time t = kη:
+
+    first order    dX = -∇L dt + √η Σ^{1/2} dB
+    second order   dX = -∇(L + (η/4)‖∇L‖²) dt + √η Σ^{1/2} dB
+
+weak errors O(η) and O(η²) over a fixed horizon. On L = ½xᵀAx with constant Σ both are
+Ornstein–Uhlenbeck processes, dX = -A'X dt + √η Σ^{1/2} dB (A' = A, or A + (η/2)A²):
+
+    mean  e^{-A't}x₀,   covariance in A's eigenbasis  C_ij = ηΣ_ij(1 - e^{-(a_i+a_j)t})/(a_i+a_j)
+
+and the discrete SGD moments are exact too: μ_{k+1} = (I-ηA)μ_k, C_{k+1} = (I-ηA)C_k(I-ηA) + η²Σ.
+
+RMSprop along the square-root path (Malladi et al. 2022; ``fluxode.paths.sqrt_point``): at
+step h, lr √h·lr, 1-α → h(1-α), ε → ε/√h and noise covariance Σ/h. With u = h·v, on the step
+clock τ = k·h, as h → 0:
+
+    du = (1-α)(diag Σ - u) dτ                       (the noise in u vanishes)
+    dθ = -lr·P∇L dτ + lr·PΣ^{1/2} dB,   P = diag(1/(√u + ε))
+
+With diagonal A and Σ, u(τ) = σ²(1 - e^{-(1-α)τ}) and the moments of θ solve linear ODEs
+(mean ṁ = -lr·P·a·m, variance ċ = -2lr·P·a·c + lr²P²σ²), integrated here to 1e-11.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .discretize import run_discrete
+from .flows import make_flow
+from .paths import sqrt_point
+
+
+# --- minibatch noise ---------------------------------------------------------------------------
+def noise_covariance(per_example: Tensor) -> Tensor:
+    """Σ = cov of the rows of ``per_example`` (N × n per-example gradients, N ≥ 2)."""
+    if per_example.ndim != 2 or per_example.shape[0] < 2:
+        raise ValueError(f"per_example must be N × n with N ≥ 2, got {tuple(per_example.shape)}")
+    d = per_example - per_example.mean(0)
+    return d.T @ d / (per_example.shape[0] - 1)
+
+
+def minibatch_covariance(sigma: Tensor, batch_size: int, n: int | None = None,
+                         replacement: bool = True) -> Tensor:
+    """Covariance of a batch-mean gradient: Σ/B (with replacement) or Σ(N-B)/(B(N-1))."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer in [1, inf), got {batch_size!r}")
+    if replacement:
+        return sigma / batch_size
+    if n is None or not batch_size <= n or n < 2:
+        raise ValueError(f"without replacement, n must be in [max(2, batch_size), inf), got {n!r}")
+    return sigma * ((n - batch_size) / (batch_size * (n - 1)))
+
+
+def _spd(name, M) -> Tensor:
+    M = torch.as_tensor(M, dtype=torch.float64)
+    if M.ndim != 2 or M.shape[0] != M.shape[1] or not torch.allclose(M, M.T):
+        raise ValueError(f"{name} must be a symmetric square matrix")
+    return M
+
+
+# --- SGD: exact discrete moments and the OU moments of its SDEs -----------------------------------
+def sgd_moments(A, Sigma, x0, lr: float, steps: int) -> tuple[Tensor, Tensor]:
+    """Exact mean and covariance of SGD after ``steps`` steps on ½xᵀAx with noise cov Σ."""
+    A, Sigma = _spd("A", A), _spd("Sigma", Sigma)
+    if not lr > 0:
+        raise ValueError(f"lr must be in (0, inf), got {lr!r}")
+    M = torch.eye(len(A), dtype=torch.float64) - lr * A
+    m, C = torch.as_tensor(x0, dtype=torch.float64).clone(), torch.zeros_like(A)
+    for _ in range(steps):
+        m, C = M @ m, M @ C @ M.T + lr * lr * Sigma
+    return m, C
+
+
+def sde_moments(A, Sigma, x0, lr: float, t: float, order: int = 1) -> tuple[Tensor, Tensor]:
+    """Mean and covariance at lr-time t of the first- or second-order SGD SDE (closed form)."""
+    A, Sigma = _spd("A", A), _spd("Sigma", Sigma)
+    if order not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {order!r}")
+    lam, Q = torch.linalg.eigh(A)
+    a = lam + (lr / 2) * lam ** 2 if order == 2 else lam
+    z0 = Q.T @ torch.as_tensor(x0, dtype=torch.float64)
+    mean = Q @ (torch.exp(-a * t) * z0)
+    s = a[:, None] + a[None, :]
+    C = lr * (Q.T @ Sigma @ Q) * (-torch.expm1(-s * t)) / s
+    return mean, Q @ C @ Q.T
+
+
+def li_tai_e_study(A=None, Sigma=None, x0=None, T: float = 2.0, lrs=None) -> dict:
+    """Errors of the first- and second-order SDE moments against exact SGD moments at lr-time T,
+    with fitted weak orders (mean: 1 and 2; covariance, itself O(η): 2 and 2)."""
+    from .limits import fit_order
+
+    A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64) if A is None else A
+    Sigma = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64) if Sigma is None else Sigma
+    x0 = torch.tensor([1.0, -1.0], dtype=torch.float64) if x0 is None else x0
+    lrs = [0.1 / 2 ** j for j in range(6)] if lrs is None else lrs
+    out = {"lrs": list(lrs), "T": T}
+    for order in (1, 2):
+        em, ec = [], []
+        for lr in lrs:
+            steps = round(T / lr)
+            if abs(steps * lr - T) > 1e-9 * T:
+                raise ValueError(f"T/lr must be an integer, got T={T:g}, lr={lr:g}")
+            m, C = sgd_moments(A, Sigma, x0, lr, steps)
+            ms, Cs = sde_moments(A, Sigma, x0, lr, T, order)
+            em.append(float((m - ms).norm()))
+            ec.append(float((C - Cs).norm()))
+        fm, fc = fit_order(lrs, em), fit_order(lrs, ec)
+        out[f"order{order}"] = {"mean_errors": em, "cov_errors": ec,
+                                "mean_order": fm.order, "mean_order_ci": fm.ci,
+                                "cov_order": fc.order, "cov_order_ci": fc.ci}
+    return out
+
+
+class SGDSDE(torch.nn.Module):
+    """torchsde model of the SGD SDE on ½xᵀAx (lr-time): f = -A'x, g = √η Σ^{1/2} (general)."""
+
+    noise_type, sde_type = "general", "ito"
+
+    def __init__(self, A, Sigma, lr: float, order: int = 1):
+        super().__init__()
+        A = _spd("A", A)
+        self.drift = A + (lr / 2) * A @ A if order == 2 else A
+        lam, Q = torch.linalg.eigh(_spd("Sigma", Sigma))
+        self.root = math.sqrt(lr) * (Q * lam.clamp(min=0).sqrt()) @ Q.T
+
+    def f(self, t, y):
+        return -y @ self.drift.T
+
+    def g(self, t, y):
+        return self.root.expand(y.shape[0], *self.root.shape)
+
+
+# --- RMSprop along the square-root path --------------------------------------------------------------
+def rmsprop_sqrt_moments(a, sigma, x0, lr: float, alpha: float, eps: float, T: float,
+                         n: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of θ at step-clock T for the RMSprop SDE on ½Σaᵢθᵢ² (diagonal noise
+    std σ), by integrating the moment ODEs (rtol 1e-11)."""
+    from scipy.integrate import solve_ivp
+
+    a, s, x0 = (np.asarray(v, dtype=float) for v in (a, sigma, x0))
+    r = 1 - alpha
+
+    def P(t):
+        return 1 / (np.sqrt(s ** 2 * (-np.expm1(-r * t))) + eps)
+
+    def rhs(t, y):
+        m, c = y[:len(a)], y[len(a):]
+        p = P(t)
+        return np.concatenate([-lr * p * a * m, -2 * lr * p * a * c + (lr * p * s) ** 2])
+
+    sol = solve_ivp(rhs, (0, T), np.concatenate([x0, np.zeros_like(x0)]), rtol=1e-11,
+                    atol=1e-13, method="DOP853")
+    y = sol.y[:, -1]
+    return y[:len(a)], y[len(a):]
+
+
+class RMSpropSDE(torch.nn.Module):
+    """torchsde model of RMSprop's square-root-path SDE, state y = [θ | u] (diagonal noise)."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, a, sigma, lr: float, alpha: float, eps: float):
+        super().__init__()
+        self.a = torch.as_tensor(a, dtype=torch.float64)
+        self.s = torch.as_tensor(sigma, dtype=torch.float64)
+        self.lr, self.r, self.eps, self.d = lr, 1 - alpha, eps, len(self.a)
+
+    def _P(self, y):
+        return 1 / (y[:, self.d:].clamp(min=0).sqrt() + self.eps)
+
+    def f(self, t, y):
+        th, u = y[:, :self.d], y[:, self.d:]
+        return torch.cat([-self.lr * self._P(y) * self.a * th, self.r * (self.s ** 2 - u)], 1)
+
+    def g(self, t, y):
+        return torch.cat([self.lr * self._P(y) * self.s, torch.zeros_like(y[:, self.d:])], 1)
+
+
+def rmsprop_sqrt_discrete(a, sigma, x0, lr: float, alpha: float, eps: float, T: float,
+                          h: float, replicas: int = 20000, seed: int = 0):
+    """Mean and variance over replicas of torch-semantics RMSprop at step h of the sqrt path
+    (fluxode's RMSprop flow, h = 1 Euler steps, hyperparameters from ``sqrt_point``)."""
+    pt = sqrt_point(make_flow("rmsprop", lr=lr, alpha=alpha, eps=eps), h)
+    flow = make_flow("rmsprop", lr=pt.lr, alpha=pt.alpha, eps=pt.eps)
+    a = torch.as_tensor(a, dtype=torch.float64)
+    noise = torch.as_tensor(sigma, dtype=torch.float64) * math.sqrt(pt.noise_scale)
+    gen = torch.Generator().manual_seed(seed)
+    steps = round(T / h)
+    if abs(steps * h - T) > 1e-9 * T:
+        raise ValueError(f"T/h must be an integer, got T={T:g}, h={h:g}")
+
+    def grad(W):
+        return W * a + noise * torch.randn(W.shape, generator=gen, dtype=W.dtype)
+
+    W0 = torch.as_tensor(x0, dtype=torch.float64).expand(replicas, len(a)).clone()
+    _, Ws = run_discrete(flow, grad, W0, steps, every=steps)
+    W = Ws[-1]
+    return W.mean(0).numpy(), W.var(0).numpy(), replicas
+
+
+def sqrt_path_study(hs=None, T: float = 2.0, replicas: int = 20000, lr: float = 0.5,
+                    alpha: float = 0.9, eps: float = 0.5, a=(1.0, 4.0), sigma=(1.0, 0.5),
+                    x0=(1.0, -1.0), seed: int = 0) -> dict:
+    """Discrete RMSprop moments at shrinking h on the square-root path vs the SDE moments."""
+    hs = [0.5 / 2 ** j for j in range(5)] if hs is None else hs
+    m_ref, v_ref = rmsprop_sqrt_moments(a, sigma, x0, lr, alpha, eps, T)
+    rows = []
+    for i, h in enumerate(hs):
+        m, v, R = rmsprop_sqrt_discrete(a, sigma, x0, lr, alpha, eps, T, h, replicas, seed + i)
+        rows.append({"h": h, "mean": m.tolist(), "var": v.tolist(),
+                     "mean_err": float(np.abs(m - m_ref).max()),
+                     "var_err": float(np.abs(v - v_ref).max()),
+                     "mean_se": float(np.sqrt(v / R).max()),
+                     "var_se": float((v * np.sqrt(2 / (R - 1))).max())})
+    return {"T": T, "sde_mean": m_ref.tolist(), "sde_var": v_ref.tolist(), "rows": rows,
+            "hyperparameters": dict(lr=lr, alpha=alpha, eps=eps, a=list(a), sigma=list(sigma))}

@@ -1,0 +1,97 @@
+"""Stochastic limits: minibatch noise, Li–Tai–E SDE weak orders, RMSprop on the sqrt path."""
+
+import numpy as np
+import pytest
+import torch
+import torchsde
+
+from fluxode import sde
+from fluxode.discretize import run_discrete
+from fluxode.flows import make_flow
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+SIGMA = torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+X0 = torch.tensor([1.0, -1.0], dtype=torch.float64)
+
+
+def test_noise_covariance_of_per_example_gradients_and_batches():
+    g = torch.randn(5000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    L = torch.tensor([[1.0, 0, 0], [0.5, 1, 0], [0, 0.2, 2]], dtype=torch.float64)
+    S = sde.noise_covariance(g @ L.T)
+    assert torch.allclose(S, L @ L.T, atol=0.15)
+    assert torch.allclose(sde.minibatch_covariance(S, 4), S / 4)
+    assert torch.allclose(sde.minibatch_covariance(S, 10, n=10, replacement=False),
+                          torch.zeros_like(S))
+    with pytest.raises(ValueError, match="batch_size"):
+        sde.minibatch_covariance(S, 0)
+
+
+def test_exact_sgd_moments_match_monte_carlo_of_the_real_discrete_map():
+    lr, steps, R = 0.1, 20, 40000
+    gen = torch.Generator().manual_seed(1)
+    root = torch.linalg.cholesky(SIGMA)
+
+    def grad(W):
+        return W @ A + torch.randn(W.shape, generator=gen, dtype=W.dtype) @ root.T
+
+    _, Ws = run_discrete(make_flow("sgd", lr=lr), grad, X0.expand(R, 2).clone(), steps,
+                         every=steps)
+    m, C = sde.sgd_moments(A, SIGMA, X0, lr, steps)
+    W = Ws[-1]
+    assert torch.allclose(W.mean(0), m, atol=4 * float(C.diagonal().max().sqrt()) / R ** 0.5)
+    assert torch.allclose(torch.cov(W.T), C, rtol=0.05, atol=1e-4)
+
+
+def test_li_tai_e_weak_orders():
+    r = sde.li_tai_e_study(A, SIGMA, X0, T=2.0)
+    assert r["order1"]["mean_order"] == pytest.approx(1.0, abs=0.1)
+    assert r["order2"]["mean_order"] == pytest.approx(2.0, abs=0.15)
+    # the covariance is itself O(η): both SDEs get it to O(η²)
+    assert r["order1"]["cov_order"] == pytest.approx(2.0, abs=0.15)
+    assert r["order2"]["cov_order"] == pytest.approx(2.0, abs=0.15)
+    assert r["order2"]["mean_errors"][-1] < 0.01 * r["order1"]["mean_errors"][-1]
+
+
+def test_torchsde_integration_of_the_sgd_sde_matches_the_ou_moments():
+    lr, t, R = 0.1, 1.0, 20000
+    torch.manual_seed(0)
+    ys = torchsde.sdeint(sde.SGDSDE(A, SIGMA, lr), X0.expand(R, 2).clone(),
+                         torch.tensor([0.0, t], dtype=torch.float64), method="euler", dt=5e-3)
+    m, C = sde.sde_moments(A, SIGMA, X0, lr, t)
+    assert torch.allclose(ys[-1].mean(0), m, atol=4 * float(C.diagonal().max().sqrt()) / R ** 0.5)
+    assert torch.allclose(torch.cov(ys[-1].T), C, rtol=0.06, atol=1e-3)
+
+
+HP = dict(lr=0.5, alpha=0.9, eps=0.5, a=(1.0, 4.0), sigma=(1.0, 0.5), x0=(1.0, -1.0))
+
+
+def test_torchsde_integration_of_the_rmsprop_sde_matches_its_moment_odes():
+    T, R = 2.0, 20000
+    torch.manual_seed(0)
+    model = sde.RMSpropSDE(HP["a"], HP["sigma"], HP["lr"], HP["alpha"], HP["eps"])
+    y0 = torch.tensor([*HP["x0"], 0.0, 0.0], dtype=torch.float64).expand(R, 4).clone()
+    ys = torchsde.sdeint(model, y0, torch.tensor([0.0, T], dtype=torch.float64),
+                         method="euler", dt=5e-3)
+    m, v = sde.rmsprop_sqrt_moments(HP["a"], HP["sigma"], HP["x0"], HP["lr"], HP["alpha"],
+                                    HP["eps"], T)
+    th = ys[-1][:, :2].numpy()
+    assert np.allclose(th.mean(0), m, atol=4 * np.sqrt(v.max() / R))
+    assert np.allclose(th.var(0), v, rtol=0.05)
+
+
+def test_rmsprop_moments_on_the_sqrt_path_converge_to_the_sde():
+    s = sde.sqrt_path_study(hs=[0.5, 0.25, 1 / 32], replicas=40000, **HP)
+    big, small = s["rows"][0], s["rows"][-1]
+    assert big["var_err"] > 4 * big["var_se"]        # a real, detectable bias at h = 0.5 ...
+    assert small["var_err"] < 3 * small["var_se"]    # ... gone at h = 1/32 (within noise)
+    assert small["mean_err"] < 3 * small["mean_se"]
+    assert s["rows"][1]["var_err"] < big["var_err"]
