@@ -45,10 +45,10 @@ def check_step(h) -> float:
 
 # --- betas-fixed: a flow whose Euler step h is the optimizer with lr·h and β unchanged --------
 def _divide(rate, h: float):
-    """The rate expression ``rate`` divided by h (keep: 1 - (1-keep)/h)."""
+    """The rate expression ``rate`` divided by h (decay: decay/h)."""
     if isinstance(rate, Linear):
         return Linear(tuple(Term(t.coef / h, t.a, t.b, t.op) for t in rate.terms),
-                      keep=1.0 - (1.0 - rate.keep) / h)
+                      decay=rate.decay / h)
     if isinstance(rate, Toward):
         return Toward(rate.rate_ / h, rate.target)
     if isinstance(rate, Clock):

@@ -35,7 +35,7 @@ class NesterovODE(Flow):
             tau = float(tau)
             if tau == 0:
                 return (Linear((Term(-rs / 4, g),)),)
-            return (Linear((Term(-rs, g),), keep=1 - 3 / tau),)
+            return (Linear((Term(-rs, g),), decay=3 / tau, keep=1 - 3 / tau),)
 
         def position(tau, S, g):
             return (Linear((Term(math.sqrt(self.eta(tau)), S["V"]),)),)

@@ -56,18 +56,19 @@ class Adam(Flow):
         b1, b2 = self.betas
 
         def moments(tau, S, g):
-            return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), keep=b2),
+            return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), decay=1 - b2, keep=b2),
                     Clock(b1, tau), Clock(b2, tau))
 
         def position(tau, S, g):
             eta = self.eta(tau)
-            keep = 1 - eta * self.weight_decay if self.decoupled_decay else 1.0
+            decay = eta * self.weight_decay if self.decoupled_decay else 0.0
+            keep = 1 - decay
             bc1, bc2 = float(S["c1"]), float(S["c2"])
             if bc1 == 0 or bc2 == 0:  # τ = 0 in the continuous flow: m/c₁ → g, v/c₂ → g²
-                return (Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), keep=keep),)
+                return (Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), decay, keep),)
             v = S["vmax"] if self.amsgrad else S["v"]
             denom = (v.sqrt() / bc2 ** 0.5).add_(self.eps)
-            return (Linear((Term(-(eta / bc1), S["m"], denom, "div"),), keep=keep),)
+            return (Linear((Term(-(eta / bc1), S["m"], denom, "div"),), decay, keep),)
 
         out = [Block(("m", "v", "c1", "c2"), moments)]
         if self.amsgrad:

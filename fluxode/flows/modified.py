@@ -103,8 +103,8 @@ class SignFlow(Flow):
     def blocks(self):
         def position(tau, S, g):
             eta = self.eta(tau)
-            keep = 1 - eta * self.weight_decay if self.decoupled_decay else 1.0
-            return (Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), keep=keep),)
+            decay = eta * self.weight_decay if self.decoupled_decay else 0.0
+            return (Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), decay, 1 - decay),)
 
         return [Block(("W",), position)]
 

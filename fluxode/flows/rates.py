@@ -3,12 +3,12 @@ with the same floating-point operations as torch.optim.
 
 Two shapes cover every optimizer here:
 
-    Linear(keep, terms):  ẋ = -(1 - keep)·x + Σ cᵢ·uᵢ        uᵢ = a,  a·b  or  a/b
+    Linear(terms, decay): ẋ = -decay·x + Σ cᵢ·uᵢ           uᵢ = a,  a·b  or  a/b
     Toward(rate, target): ẋ = rate·(target - x)
 
 Their explicit-Euler step of size h is
 
-    Linear:  x ← κ_h·x + Σ h·cᵢ·uᵢ     κ_h = 1 - h(1 - keep)    (mul_, then add_/addcmul_/addcdiv_)
+    Linear:  x ← κ_h·x + Σ h·cᵢ·uᵢ     κ_h = 1 - h·decay        (mul_, then add_/addcmul_/addcdiv_)
     Toward:  x ← lerp(x, target, h·rate)
 
 plus ``Clock``, the bias-correction clock ċ = (1-β)(1-c), whose Euler iterates 1 - βᵏ are
@@ -45,10 +45,15 @@ class Term:
 
 @dataclass(frozen=True)
 class Linear:
-    """ẋ = -(1 - keep)·x + Σ terms."""
+    """ẋ = -decay·x + Σ terms.
+
+    ``keep`` is the retention κ₁ = 1 - decay of a unit step as torch writes it (μ, β₂, α,
+    1 - lr·λ); it is used verbatim at h = 1 so the factor has torch's rounding, while the
+    rate and other steps use ``decay`` itself (no cancellation in 1 - κ for small decay)."""
 
     terms: tuple[Term, ...]
-    keep: float = 1.0
+    decay: float = 0.0
+    keep: float | None = None
 
     def rate(self, x: Tensor) -> Tensor:
         out = None
@@ -57,12 +62,15 @@ class Linear:
             out = v if out is None else out + v
         if out is None:
             out = torch.zeros_like(x)
-        if self.keep != 1.0:
-            out = out - (1.0 - self.keep) * x
+        if self.decay != 0.0:
+            out = out - self.decay * x
         return torch.broadcast_to(out, x.shape) if out.shape != x.shape else out
 
     def euler_(self, x: Tensor, h: float) -> None:
-        factor = self.keep if h == 1.0 else 1.0 - h * (1.0 - self.keep)
+        if h == 1.0 and self.keep is not None:
+            factor = self.keep
+        else:
+            factor = 1.0 - h * self.decay
         if factor != 1.0:
             x.mul_(factor)
         for t in self.terms:

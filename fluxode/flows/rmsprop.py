@@ -46,11 +46,12 @@ class RMSprop(Flow):
         a = self.alpha
 
         def averages(tau, S, g):
-            sq = Linear((Term(1 - a, g, g, "mul"),), keep=a)
+            sq = Linear((Term(1 - a, g, g, "mul"),), decay=1 - a, keep=a)
             return (sq, Toward(1 - a, g)) if self.centered else (sq,)
 
         def buffer(tau, S, g):
-            return (Linear((Term(1, g, self._denominator(S), "div"),), keep=self.momentum),)
+            mu = self.momentum
+            return (Linear((Term(1, g, self._denominator(S), "div"),), decay=1 - mu, keep=mu),)
 
         def position(tau, S, g):
             eta = self.eta(tau)

@@ -45,7 +45,7 @@ class SGD(Flow):
         mu, d = self.momentum, self.dampening
 
         def buffer(tau, S, g):
-            return (Linear((Term(1 - d, g),), keep=mu),)
+            return (Linear((Term(1 - d, g),), decay=1 - mu, keep=mu),)
 
         def position(tau, S, g):
             eta = self.eta(tau)
