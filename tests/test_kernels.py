@@ -247,21 +247,24 @@ def check_case(case: str, backend: str) -> None:
 
 
 def _plain_field(w, m, v, c1, c2, g, *, lr, betas, eps, weight_decay, decoupled, maximize):
-    """The field written out independently, with the documented op order."""
+    """The Adam flow's field written out by hand, in the documented op order, at the
+    admissible state v ← max(v, (1-β₂)/(1-β₁)·m²/c₁) (``Adam.admissible``)."""
     b1, b2 = betas
+    v = torch.maximum(v, (m * m) * ((1 - b2) / ((1 - b1) * c1))) if c1 else v.clamp(min=0)
     g = -g if maximize else g
     if weight_decay and not decoupled:
-        g = g + w * weight_decay
+        g = g.add(w, alpha=weight_decay)
     dm = (g - m) * (1 - b1)
-    dv = (g * g - v) * (1 - b2)
-    mh = g if c1 == 0 else m / c1
-    vh = g * g if c2 == 0 else v / c2
-    u = mh / (vh.sqrt() + eps)
-    scale = lr * u.abs()  # operand scale: ulps are counted here when decay cancels u
+    dv = (g * g) * (1 - b2) - v * (1 - b2)
+    if c1 == 0 or c2 == 0:
+        u = g * (-lr) / (g.abs() + eps)
+    else:
+        u = m * (-(lr / c1)) / ((v.sqrt() / c2 ** 0.5) + eps)
+    scale = u.abs()  # operand scale: ulps are counted here when decay cancels u
     if weight_decay and decoupled:
         scale = scale + lr * weight_decay * w.abs()
-        u = u + w * weight_decay
-    return u * (-lr), dm, dv, (1 - b1) * (1 - c1), (1 - b2) * (1 - c2), scale
+        u = u - w * (lr * weight_decay)
+    return u, dm, dv, (1 - c1) * (1 - b1), (1 - c2) * (1 - b2), scale
 
 
 # --------------------------------------------------------------------------- CPU backends

@@ -1,32 +1,14 @@
-"""Reference kernels: plain torch ops in exactly torch.optim's single-tensor order.
+"""Reference kernels: the core discretizer itself, on flat buffers.
 
-These are the numerical definition that the fused CPU path and the Triton kernels are
-tested against. Buffers are flat 1-D. When W is bfloat16 the update is computed on a
-float32 copy of W (states are float32) and rounded back to bfloat16 once, round to
-nearest even ("fp32 master math, one rounding per step").
+``backend="reference"`` is fluxode's generic partitioned Euler step (``fluxode.discretize``)
+over the Adam/AdamW/RMSprop flows, which equals torch.optim's single-tensor step bit for bit;
+the fused CPU path and the Triton kernels are tested against it. Buffers are flat 1-D. When W
+is bfloat16 the update is computed on a float32 copy of W (states are float32) and rounded
+back to bfloat16 once, round to nearest even ("fp32 master math, one rounding per step").
 
-Adam / AdamW discrete step k (k >= 1, torch.optim order)::
-
-    g  <- -g                      if maximize
-    W  <- W (1 - lr*wd)           AdamW (decoupled)        | g <- g + wd*W   Adam (coupled)
-    m  <- lerp(m, g, 1-b1)        v <- b2*v + (1-b2) g*g
-    vmax <- max(vmax, v)          (amsgrad; v below then means vmax)
-    W  <- W - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps),  bc_i = 1 - b_i**k (Python double)
-
-RMSprop step (torch.optim order)::
-
-    g <- -g (maximize);  g <- g + wd*W
-    s <- alpha*s + (1-alpha) g*g
-    centered: a <- lerp(a, g, 1-alpha);  d = sqrt(s - a*a) + eps   else d = sqrt(s) + eps
-    momentum > 0: b <- mu*b + g/d;  W <- W - lr*b      else W <- W - lr*g/d
-
-Adam-family vector field on the step clock (tau = step count), see DESIGN.md section 2::
-
-    m' = (1-b1)(g - m)            v' = (1-b2)(g^2 - v)
-    c1' = (1-b1)(1 - c1)          c2' = (1-b2)(1 - c2)
-    W' = -lr [ (m/c1) / (sqrt(v/c2) + eps) + wd_dec W ]
-    coupled (Adam): g <- g + wd W before everything; decoupled (AdamW): wd_dec = wd.
-    At c1 = 0 (resp. c2 = 0) the 0/0 quotient is replaced by its limit g (resp. g^2).
+The equations are the flows' (``fluxode flows``): Adam/AdamW step k (k ≥ 1) is the Euler
+step from τ = k-1 with the clocks c_i = 1 - β_iᵏ; RMSprop likewise; the field is
+``fluxode.discretize.vector_field``.
 """
 
 from __future__ import annotations
@@ -35,6 +17,8 @@ from typing import Any
 
 import torch
 
+from ..discretize import euler_step_, vector_field
+from ..flows import make_flow
 from ._checks import state_dtype_for
 
 
@@ -42,30 +26,27 @@ def _master(w: torch.Tensor) -> torch.Tensor:
     return w if w.dtype != torch.bfloat16 else w.float()
 
 
+def _clock(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize):
+    return make_flow("adamw" if decoupled else "adam", lr=lr, betas=(beta1, beta2), eps=eps,
+                     weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+
+
 def adam_step_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
                step: int, lr: float, beta1: float, beta2: float, eps: float,
                weight_decay: float, decoupled: bool, amsgrad: bool,
                vmax: torch.Tensor | None, maximize: bool) -> None:
     """One Adam (decoupled=False) or AdamW (decoupled=True) step, in place."""
+    flow = _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize)
     p = _master(w)
-    grad = -g if maximize else g
-    if weight_decay != 0:
-        if decoupled:
-            p.mul_(1 - lr * weight_decay)
-        else:
-            grad = grad.add(p, alpha=weight_decay)
-    m.lerp_(grad, 1 - beta1)
-    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
-    bias_correction2_sqrt = bias_correction2**0.5
+    S = {"W": p, "m": m, "v": v, "c1": _clock(1 - beta1 ** float(step - 1)),
+         "c2": _clock(1 - beta2 ** float(step - 1))}
     if amsgrad:
-        torch.maximum(vmax, v, out=vmax)
-        denom = (vmax.sqrt() / bias_correction2_sqrt).add_(eps)
-    else:
-        denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-    p.addcdiv_(m, denom, value=-step_size)
+        S["vmax"] = vmax
+    euler_step_(flow, step - 1, S, g)
     if p is not w:
         w.copy_(p)
 
@@ -75,22 +56,15 @@ def rmsprop_step_(w: torch.Tensor, g: torch.Tensor, square_avg: torch.Tensor, *,
                   centered: bool, grad_avg: torch.Tensor | None,
                   momentum_buf: torch.Tensor | None, maximize: bool) -> None:
     """One RMSprop step (plain, centered, momentum, weight decay), in place."""
+    flow = make_flow("rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                     momentum=momentum, centered=centered, maximize=maximize)
     p = _master(w)
-    grad = -g if maximize else g
-    if weight_decay != 0:
-        grad = grad.add(p, alpha=weight_decay)
-    square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+    S = {"W": p, "v": square_avg}
     if centered:
-        grad_avg.lerp_(grad, 1 - alpha)
-        avg = square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt_()
-    else:
-        avg = square_avg.sqrt()
-    avg = avg.add_(eps)
-    if momentum > 0:
-        momentum_buf.mul_(momentum).addcdiv_(grad, avg)
-        p.add_(momentum_buf, alpha=-lr)
-    else:
-        p.addcdiv_(grad, avg, value=-lr)
+        S["gbar"] = grad_avg
+    if momentum:
+        S["b"] = momentum_buf
+    euler_step_(flow, 0.0, S, g)
     if p is not w:
         w.copy_(p)
 
@@ -100,33 +74,14 @@ def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2:
                weight_decay: float, decoupled: bool, maximize: bool,
                out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any]:
-    """(dW, dm, dv, dc1, dc2) of the Adam/AdamW step-clock field; dW is in the state dtype.
-
-    Op order (the fused kernels follow it bit for bit; no fused multiply-adds)::
-
-        g  = -g (maximize);  g = g + (W*wd) (coupled)
-        dm = (g - m)*(1-b1);   dv = (g*g - v)*(1-b2)
-        u  = (m/c1) / (sqrt(v/c2) + eps)        (m/c1 -> g at c1 = 0, v/c2 -> g*g at c2 = 0)
-        dW = (u + W*wd) * (-lr)                 (decoupled; coupled: dW = u * (-lr))
-    """
+    """(dW, dm, dv, dc1, dc2) of the Adam/AdamW step-clock field; dW is in the state dtype."""
+    flow = _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, False, maximize)
     sdt = state_dtype_for(w)
-    wf = w.to(sdt)
-    grad = -g if maximize else g
-    if weight_decay != 0 and not decoupled:
-        grad = grad + wf * weight_decay
-    gg = grad * grad
-    dm = (grad - m) * (1 - beta1)
-    dv = (gg - v) * (1 - beta2)
-    mhat = grad if c1 == 0 else m / c1
-    vhat = gg if c2 == 0 else v / c2
-    u = mhat / (vhat.sqrt() + eps)
-    if weight_decay != 0 and decoupled:
-        u = u + wf * weight_decay
-    dw = u * (-lr)
+    S = {"W": w.to(sdt), "m": m, "v": v, "c1": _clock(c1), "c2": _clock(c2)}
+    d = vector_field(flow, 0.0, S, g)
+    dw, dm, dv = d["W"], d["m"], d["v"]
     if out is not None:
         for o, r in zip(out, (dw, dm, dv)):
             o.copy_(r)
         dw, dm, dv = out
-    dc1 = (1 - beta1) * (1 - c1)
-    dc2 = (1 - beta2) * (1 - c2)
-    return dw, dm, dv, dc1, dc2
+    return dw, dm, dv, float(d["c1"]), float(d["c2"])

@@ -126,10 +126,12 @@ def _rmsprop_kernel(W, G, S, A, B, n, wd, alpha, one_minus_alpha, lerp_coeff, ep
 
 
 @triton.jit
-def _adam_field_kernel(W, M, V, G, DW, DM, DV, n, wd, one_minus_b1, one_minus_b2, c1, c2, eps,
-                       neg_lr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
-                       MAXIMIZE: tl.constexpr, C1_ZERO: tl.constexpr, C2_ZERO: tl.constexpr,
-                       BLOCK: tl.constexpr):
+def _adam_field_kernel(W, M, V, G, DW, DM, DV, n, wd, one_minus_b1, one_minus_b2, floor_coef,
+                       coef, sqrt_c2, eps, lam_lr, HAS_WD: tl.constexpr,
+                       DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr, C_ZERO: tl.constexpr,
+                       HAS_FLOOR: tl.constexpr, BLOCK: tl.constexpr):
+    """The Adam flow's field in the core's op order (``fluxode.flows.adam``), at the
+    admissible state v ← max(v, floor)."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -137,27 +139,25 @@ def _adam_field_kernel(W, M, V, G, DW, DM, DV, n, wd, one_minus_b1, one_minus_b2
     m = tl.load(M + offs, mask=mask, other=0.0)
     v = tl.load(V + offs, mask=mask, other=0.0)
     g = tl.load(G + offs, mask=mask, other=0.0)
+    if HAS_FLOOR:
+        v = tl.maximum(v, (m * m) * floor_coef)
+    else:
+        v = tl.maximum(v, 0.0)
     if MAXIMIZE:
         g = -g
     if HAS_WD:
         if not DECOUPLED:
-            g = g + w * wd
-    gg = g * g
+            g = tl.fma(w, wd, g)
     tl.store(DM + offs, (g - m) * one_minus_b1, mask=mask)
-    tl.store(DV + offs, (gg - v) * one_minus_b2, mask=mask)
-    if C1_ZERO:
-        mhat = g
+    tl.store(DV + offs, (g * g) * one_minus_b2 - v * one_minus_b2, mask=mask)
+    if C_ZERO:
+        dw = tl.div_rn(g * coef, tl.abs(g) + eps)
     else:
-        mhat = tl.div_rn(m, c1)
-    if C2_ZERO:
-        vhat = gg
-    else:
-        vhat = tl.div_rn(v, c2)
-    u = tl.div_rn(mhat, tl.sqrt_rn(vhat) + eps)
+        dw = tl.div_rn(m * coef, tl.div_rn(tl.sqrt_rn(v), sqrt_c2) + eps)
     if HAS_WD:
         if DECOUPLED:
-            u = u + w * wd
-    tl.store(DW + offs, u * neg_lr, mask=mask)
+            dw = dw - w * lam_lr
+    tl.store(DW + offs, dw, mask=mask)
 
 
 def _grid(n: int, block: int):
@@ -210,19 +210,24 @@ def rmsprop_step_(w, g, square_avg, *, lr, alpha, eps, weight_decay, momentum, c
 
 def adam_field(w, m, v, c1, c2, g, *, lr, beta1, beta2, eps, weight_decay, decoupled, maximize,
                out, block: int = DEFAULT_BLOCK, num_warps: int = DEFAULT_WARPS):
-    """Triton Adam/AdamW field (see ``fluxode.kernels.reference.adam_field`` for the math)."""
+    """Triton Adam/AdamW field, the core flow's field (``fluxode.discretize.vector_field``)
+    in one pass."""
     _check_f32(w)
     dw, dm, dv = out if out is not None else (torch.empty_like(m), torch.empty_like(m),
                                               torch.empty_like(m))
     n = w.numel()
+    zero = c1 == 0 or c2 == 0
+    floor = not (beta1 > beta2 or c1 <= 0)
     if n:
         _adam_field_kernel[_grid(n, block)](
             w, m, v, g, dw, dm, dv, n, _f32(weight_decay), _f32(1 - beta1), _f32(1 - beta2),
-            _f32(c1) if c1 else 1.0, _f32(c2) if c2 else 1.0, _f32(eps), _f32(-lr),
+            _f32((1 - beta2) / ((1 - beta1) * c1)) if floor else 0.0,
+            _f32(-lr) if zero else _f32(-(lr / c1)), 1.0 if zero else _f32(c2 ** 0.5),
+            _f32(eps), _f32(lr * weight_decay),
             HAS_WD=weight_decay != 0, DECOUPLED=bool(decoupled), MAXIMIZE=bool(maximize),
-            C1_ZERO=c1 == 0, C2_ZERO=c2 == 0, BLOCK=block, num_warps=num_warps,
+            C_ZERO=zero, HAS_FLOOR=floor, BLOCK=block, num_warps=num_warps,
             enable_fp_fusion=False)
-    return dw, dm, dv, (1 - beta1) * (1 - c1), (1 - beta2) * (1 - c2)
+    return dw, dm, dv, (1 - c1) * (1 - beta1), (1 - c2) * (1 - beta2)
 
 
 @triton.jit
