@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import done, parse  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fluxode.flows import make_flow  # noqa: E402
@@ -36,6 +37,7 @@ for ax, (label, prob, hp, path) in zip(axes, cases):
     ax.loglog(h, pl.errors[0] * (h / h[0]), "k--", lw=0.8, label="slope 1")
     ax.loglog(h, md.errors[0] * (h / h[0]) ** 2, "k:", lw=0.8, label="slope 2")
     ax.set_title(label, fontsize=10)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("h")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)

@@ -230,6 +230,7 @@ def plot_sweeps(sweeps, path, title: str | None = None, slopes=(1, 2)):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     from .io import save_figure
 
@@ -244,6 +245,7 @@ def plot_sweeps(sweeps, path, title: str | None = None, slopes=(1, 2)):
     e0 = sweeps[0].errors[0]
     for p, ls in zip(slopes, ("--", ":", "-.")):
         ax.loglog(h, e0 * (h / h[0]) ** p, "k" + ls, lw=0.8, alpha=0.6, label=f"slope {p}")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("step h (step clock)")
     ax.set_ylabel(r"global error $\|W_h(T) - W(T)\|_2$")
     ax.set_title(title or f"error vs step size, T = {sweeps[0].T:g}")
