@@ -6,7 +6,9 @@ Layout for a flow with auxiliaries (a₁, …) and clocks (c₁, …) over n par
 
 ``views(y)`` gives the state dict as views into y (no copies), so a solver that works on y
 evaluates the field without concatenating tensors on every call; ``field_into`` writes
-dy/dτ into a preallocated buffer.
+dy/dτ into a preallocated buffer. With ``backend="fused"`` or ``"auto"`` the Adam-family
+field is evaluated in one pass by ``fluxode.kernels`` (Triton on CUDA); ``"reference"``
+(default) is ``fluxode.discretize.vector_field``.
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from .flows import Flow, State
 class FlatLayout:
     """Offsets of each state variable of ``flow`` in a flat buffer over ``n`` parameters."""
 
-    def __init__(self, flow: Flow, n: int):
+    def __init__(self, flow: Flow, n: int, backend: str = "reference"):
         if n < 1:
             raise ValueError(f"n (parameter count) must be in [1, inf), got {n}")
-        self.flow, self.n = flow, n
+        if backend not in ("reference", "fused", "auto"):
+            raise ValueError(f"backend must be one of 'reference', 'fused', 'auto', "
+                             f"got {backend!r}")
+        self.flow, self.n, self.backend = flow, n, backend
         self.slices: dict[str, slice] = {}
         offset = 0
         for name in ("W", *flow.vectors):
@@ -56,8 +61,13 @@ class FlatLayout:
     def field_into(self, tau: float, y: Tensor, g: Tensor, out: Tensor,
                    H: Tensor | None = None) -> Tensor:
         """out ← dy/dτ of the continuous flow at (τ, y) with raw (clipped) gradient g."""
-        rates = vector_field(self.flow, tau, self.views(y), g, H)
         dst = self.views(out)
+        if self.backend != "reference" and H is None:
+            from .kernels import flow_field_into
+
+            if flow_field_into(self.flow, tau, self.views(y), g, dst, self.backend):
+                return out
+        rates = vector_field(self.flow, tau, self.views(y), g, H)
         for name, r in rates.items():
             dst[name].copy_(r)
         return out

@@ -236,7 +236,8 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
               rtol: float = 1e-7, atol: float = 1e-9, step_size: float | None = None,
               options: dict | None = None, dtype: torch.dtype | None = None, device=None,
               min_step: float | None = None, max_steps: int = 100_000,
-              check_finite: bool = True, dense: bool = True) -> Trajectory:
+              check_finite: bool = True, dense: bool = True,
+              backend: str = "reference") -> Trajectory:
     """Solve the flow's ODE from S(0) over τ ∈ [0, T], sampled at ``save_at`` (default: every
     integer when T is a whole number ≤ 2000, else 201 points).
 
@@ -248,7 +249,9 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
     torchdiffeq's interpolant is 4th order, below dopri8's 8th); ``dense=False`` makes the
     solver step onto every save time (``step_t``), so saved values carry the method's order. ``options`` go to torchdiffeq as-is (e.g.
     ``max_order`` for the Adams methods). ``dtype``/``device``, when given, must match the
-    problem's (the state lives where the problem does)."""
+    problem's (the state lives where the problem does). ``backend``: "reference" evaluates the
+    flow's field with the core (``vector_field``); "fused"/"auto" use the one-pass Adam-family
+    field of ``fluxode.kernels`` (Triton on CUDA) where it applies."""
     flow = make_flow(flow) if isinstance(flow, str) else flow
     problem = make_problem(problem) if isinstance(problem, str) else problem
     method = _check_method(method)
@@ -261,7 +264,7 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
     min_step = 0.0 if min_step is None else _check_tol("min_step", min_step)
 
     S0, _, _ = initial_state(flow, problem, W0)
-    layout = FlatLayout(flow, problem.dim)
+    layout = FlatLayout(flow, problem.dim, backend)
     y0 = layout.pack(S0)
     msg = _nonfinite_message(layout, 0.0, y0, None, None)
     if msg:

@@ -33,6 +33,7 @@ from .discretize import euler_step_
 from .flat import FlatLayout
 from .flows import FLOWS, Flow, make_flow
 from .forces import clip_gradients_
+from .kernels import flow_step_
 from .validation import positive, positive_int
 
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
@@ -43,11 +44,17 @@ METHODS = ("discrete", *FIXED_METHODS, *ADAPTIVE_METHODS)
 
 class ODEOptimizer(torch.optim.Optimizer):
     """``ODEOptimizer(params, flow="adamw", method="rk4", h=1.0, substeps=1, rtol=1e-3,
-    atol=1e-6, options=None, **hyperparameters)`` (hyperparameters under torch.optim's names)."""
+    atol=1e-6, options=None, backend="reference", **hyperparameters)`` (hyperparameters under
+    torch.optim's names; ``backend`` "fused"/"auto" evaluates Adam-family fields and steps with
+    ``fluxode.kernels``)."""
 
     def __init__(self, params, flow: str = "adamw", method: str = "rk4", *, h: float = 1.0,
                  substeps: int = 1, rtol: float = 1e-3, atol: float = 1e-6,
-                 options: dict | None = None, **hyperparameters):
+                 options: dict | None = None, backend: str = "reference", **hyperparameters):
+        if backend not in ("reference", "fused", "auto"):
+            raise ValueError(f"backend must be one of 'reference', 'fused', 'auto', "
+                             f"got {backend!r}")
+        self.backend = backend
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
         if method not in METHODS:
@@ -91,7 +98,7 @@ class ODEOptimizer(torch.optim.Optimizer):
             if any(p.is_sparse or (p.grad is not None and p.grad.is_sparse) for p in ps):
                 raise ValueError("ODEOptimizer does not support sparse parameters or gradients")
             flow = self.flow_for(group)
-            out.append((group, flow, FlatLayout(flow, sum(p.numel() for p in ps)),
+            out.append((group, flow, FlatLayout(flow, sum(p.numel() for p in ps), self.backend),
                         self.state[ps[0]]))
         return out
 
@@ -278,7 +285,8 @@ class ODEOptimizer(torch.optim.Optimizer):
                 S = {"W": p, **{n: views[n][sl].view_as(p) for n in flow.vectors},
                      **{c: torch.tensor(v, dtype=torch.float64)
                         for c, v in zip(flow.clocks, st["clocks"])}}
-                euler_step_(flow, tau, S, p.grad, self.h)
+                if not flow_step_(flow, tau, S, p.grad, self.h, self.backend):
+                    euler_step_(flow, tau, S, p.grad, self.h)
                 clocks = [float(S[c]) for c in flow.clocks]
             st["clocks"] = clocks
             st["step"] += 1
