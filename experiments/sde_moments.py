@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import done, parse  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from fluxode import sde  # noqa: E402
 from fluxode.io import save_figure, write_json  # noqa: E402
@@ -33,6 +34,9 @@ h = [r["h"] for r in sq["rows"]]
 a2.loglog(h, [r["var_err"] for r in sq["rows"]], "o-", label="|var - var_SDE|")
 a2.loglog(h, [r["mean_err"] for r in sq["rows"]], "s-", label="|mean - mean_SDE|")
 a2.loglog(h, [2 * r["var_se"] for r in sq["rows"]], "k:", label="2 × Monte Carlo s.e. (var)")
+a2.loglog(h, [sq["rows"][0]["var_err"] * (x / h[0]) ** 0.5 for x in h], "k--", lw=0.8,
+          label="slope 1/2 (weak order O(√h))")
+a2.xaxis.set_minor_formatter(NullFormatter())
 a2.set_xlabel("h (square-root path)")
 a2.set_title("RMSprop → its SDE (Malladi et al. 2022)")
 a2.legend(fontsize=7)
