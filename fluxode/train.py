@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import datasets, io
+from .distributed import SINGLE, Replicas, weights_digest
 from .flows import FLOWS
 from .ode_optimizer import METHODS, ODEOptimizer
 from .validation import at_least, positive, positive_int
@@ -166,13 +167,18 @@ def remove_stale_temporaries(out: Path) -> None:
 # --- the loop -----------------------------------------------------------------------------------
 
 def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | None = None,
-          log=None) -> dict:
+          log=None, replicas: Replicas = SINGLE) -> dict:
     """Train; returns the summary (test_accuracy, final_loss, nfe_per_step, seconds, ...).
     ``seconds`` is the time spent in optimizer steps (gradient evaluations and the solver),
     summed over the run including before a resume; evaluation and output writing excluded.
 
     ``progress``: show a tqdm bar (default: when stderr is a terminal). ``log``: a function
-    for one-line messages (default: none)."""
+    for one-line messages (default: none).
+
+    ``replicas`` (``fluxode.distributed.from_env()`` under torchrun): data-parallel training;
+    each minibatch is sharded across the ranks, the model is DDP-wrapped (one all-reduce per
+    gradient evaluation) and only rank 0 writes outputs. The summary then carries
+    ``replicas``: per-rank weight digests, gradient evaluations and all-reduced backward passes."""
     config.validate()
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -181,6 +187,9 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
     data = datasets.load(config.dataset, dtype)
     model = build_model(config.model, data.n_features, data.n_classes, dtype, config.seed)
     opt = config.make_optimizer(model)
+    net = replicas.wrap(model)
+    main = replicas.is_main
+    evaluations = 0
     prog = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0, "history": [],
             "sums": _empty_sums()}
     if resume:
@@ -193,13 +202,15 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
             raise ValueError(f"checkpoint {out / CHECKPOINT} does not fit this run: "
                              f"{str(err).splitlines()[0]}") from None
         torch.set_rng_state(ck["rng"])
-        if log:
+        if log and main:
             log(f"resumed from {out / CHECKPOINT}: epoch {prog['epoch'] + 1}, "
                 f"batch {prog['batch']}, step {prog['step']}")
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
     if progress is None:
         progress = sys.stderr.isatty()
+    progress = progress and main
 
     n, B = len(data.y_train), config.batch_size
     batches = math.ceil(n / B)
@@ -207,6 +218,8 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
     def save_checkpoint():
         if not _finite(model, opt):
             raise Diverged(f"non-finite state at step {prog['step']}")
+        if not main:
+            return
         io.save_torch(out / CHECKPOINT, {
             "format": FORMAT, "config": dataclasses.asdict(config), "flow": config.flow,
             "hyperparameters": config.hyperparameters(), "model": model.state_dict(),
@@ -224,8 +237,12 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
             while prog["batch"] < batches:
                 idx = order[prog["batch"] * B:(prog["batch"] + 1) * B]
                 t0 = time.perf_counter()
-                loss, correct = _step(model, opt, data.x_train[idx], data.y_train[idx])
+                mine = replicas.shard(idx)
+                loss, correct = _step(net, opt, data.x_train[mine], data.y_train[mine],
+                                      replicas.loss_scale(len(idx)))
+                loss, correct = replicas.step_totals(loss, correct)
                 prog["seconds"] += time.perf_counter() - t0
+                evaluations += opt.last_nfe
                 if not math.isfinite(loss):
                     raise Diverged(f"loss {loss} at step {prog['step']}")
                 sums["loss"] += loss * len(idx)
@@ -253,19 +270,18 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
             prog["epoch"] += 1
             prog["batch"] = 0
             prog["sums"] = _empty_sums()
-            if log:
+            if log and main:
                 row = prog["history"][-1]
                 log(f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, test accuracy "
                     f"{row['test_accuracy']:.4f}, {row['nfe_per_step']:.1f} evaluations/step")
-            write_metrics(out, prog["history"], config, plot=False)
+            if main:
+                write_metrics(out, prog["history"], config, plot=False)
     except (Diverged, FloatingPointError) as err:
         kept = (f"the last good checkpoint is kept at {out / CHECKPOINT}"
                 if (out / CHECKPOINT).exists() else "no checkpoint was written")
         raise Diverged(f"training diverged ({err}); lr={config.lr:g} is probably too large; "
                        f"{kept}") from None
     save_checkpoint()
-    write_metrics(out, prog["history"], config)
-    io.save_torch(out / MODEL, model.state_dict())
     hist = prog["history"]
     summary = {"flow": config.flow, "method": config.method, "dataset": config.dataset,
                "model": config.model, "epochs": config.epochs, "steps": prog["step"],
@@ -273,7 +289,16 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
                "final_loss": hist[-1]["train_loss"],
                "nfe_per_step": sum(r["nfe_per_step"] for r in hist) / len(hist),
                "seconds": prog["seconds"], "out": str(out)}
-    io.write_json(out / SUMMARY, summary)
+    if replicas.active:
+        summary["replicas"] = {
+            "world_size": replicas.world_size,
+            "weights_sha256": replicas.gather(weights_digest(model)),
+            "evaluations": replicas.gather(evaluations),
+            "allreduced_backwards": replicas.gather(replicas.backwards[0])}
+    if main:
+        write_metrics(out, hist, config)
+        io.save_torch(out / MODEL, model.state_dict())
+        io.write_json(out / SUMMARY, summary)
     return summary
 
 
@@ -281,14 +306,19 @@ def _empty_sums() -> dict:
     return {"loss": 0.0, "correct": 0, "count": 0, "nfe": 0, "steps": 0}
 
 
-def _step(model: nn.Module, opt: ODEOptimizer, xb, yb) -> tuple[float, int]:
-    """One optimizer step on a minibatch; (loss, correct predictions) at its start."""
+def _step(model: nn.Module, opt: ODEOptimizer, xb, yb,
+          scale: float | None = None) -> tuple[float, int]:
+    """One optimizer step on a minibatch; (loss, correct predictions) at its start. The loss
+    is the batch mean, or ``scale`` × the batch sum (a shard of a distributed batch)."""
     first = {}
 
     def closure():
         opt.zero_grad()
         logits = model(xb)
-        loss = nn.functional.cross_entropy(logits, yb)
+        if scale is None:
+            loss = nn.functional.cross_entropy(logits, yb)
+        else:
+            loss = nn.functional.cross_entropy(logits, yb, reduction="sum") * scale
         loss.backward()
         if not first:
             first["correct"] = int((logits.argmax(1) == yb).sum())

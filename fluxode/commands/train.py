@@ -9,6 +9,10 @@ checkpoint and ends with the same weights, bit for bit, as an uninterrupted run 
 and discrete methods). --compare-discrete also trains the discrete twin (same flow, seed,
 data order) in OUT/discrete and plots both in OUT/compare.png. A divergent run exits 1 and
 keeps the last good checkpoint; malformed input exits 2 before anything is written.
+
+Data-parallel:  torchrun --nproc_per_node=2 -m fluxode train ... (gloo on CPU): each minibatch
+is sharded across the ranks, gradients are all-reduced in every solver evaluation, rank 0
+writes the outputs; --resume works the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from .. import distributed
 from .. import train as T
 
 
@@ -64,23 +69,32 @@ def run(args) -> int:
         twin = T.TrainConfig(**{**config.__dict__, "method": "discrete"})
     if args.resume:  # refuse a bad checkpoint before writing anything
         T.load_checkpoint(out / T.CHECKPOINT, config)
+    replicas = distributed.from_env()  # torchrun: join the process group (gloo)
+    main = replicas.is_main
     quiet = args.json or not sys.stderr.isatty()
-    log = None if args.json else print
+    log = None if args.json or not main else print
     try:
-        summary = T.train(config, out, resume=args.resume, progress=not quiet, log=log)
+        summary = T.train(config, out, resume=args.resume, progress=not quiet, log=log,
+                          replicas=replicas)
         if twin is not None:
             tdir = out / "discrete"
             summary["discrete"] = T.train(
                 twin, tdir, resume=args.resume and (tdir / T.CHECKPOINT).exists(),
-                progress=not quiet, log=log)
-            runs = {f"{config.flow} {config.method}": T._load_history(out),
-                    f"{config.flow} discrete": T._load_history(tdir)}
-            T.plot_learning_curves(out / "compare.png", runs,
-                                   title=f"{config.model} on {config.dataset}: ODE-integrated "
-                                         "vs discrete")
+                progress=not quiet, log=log, replicas=replicas)
+            if main:
+                runs = {f"{config.flow} {config.method}": T._load_history(out),
+                        f"{config.flow} discrete": T._load_history(tdir)}
+                T.plot_learning_curves(out / "compare.png", runs,
+                                       title=f"{config.model} on {config.dataset}: "
+                                             "ODE-integrated vs discrete")
     except T.Diverged as err:
-        print(f"fluxode train: {err}", file=sys.stderr)
+        if main:
+            print(f"fluxode train: {err}", file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown(replicas)
+    if not main:
+        return 0
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
