@@ -45,9 +45,10 @@ def run(args) -> int:
                   f"   [{rec['options']}]")
     summary["verify"] = rows
 
-    for title, fn in _extra_sections():
+    for title, fn, show in _extra_sections():
         _section(title)
-        summary[fn.__name__] = fn(out)
+        summary[fn.__name__] = result = fn(out)
+        show(result)
 
     summary["seconds"] = time.perf_counter() - t0
     io.write_json(out / "summary.json", summary)
@@ -55,18 +56,29 @@ def run(args) -> int:
     return 0
 
 
+def _show_comparisons(result: dict) -> None:
+    print(f"  {'problem':<11}{'optimizer':<22}{'loss: discrete':>15}{'continuous':>12}"
+          f"{'max ‖ΔW‖':>10}{'NFE':>7}")
+    for r in result["runs"]:
+        print(f"  {r['problem']:<11}{r['label']:<22}{r['final_loss_discrete']:>15.3e}"
+              f"{r['final_loss_continuous']:>12.3e}{r['max_param_distance']:>10.3f}"
+              f"{r['nfe']:>7}")
+
+
+def _show_orders(result: dict) -> None:
+    for key, r in result.items():
+        if isinstance(r, dict) and "order" in r:
+            lo, hi = r["order_ci"]
+            ref = "plain" if r["reference"] == "flow" else r["reference"]
+            print(f"  {r['flow']} on {r['problem']}, h → 0 along '{r['path']}' vs the "
+                  f"{ref} flow: order {r['order']:.3f}  (95% CI {lo:.3f}–{hi:.3f})")
+
+
 def _extra_sections():
     """Sections provided by the continuous-trajectory and limit-study modules."""
-    sections = []
-    try:
-        from ..compare import demo_panels
-        sections.append(("3. Discrete vs continuous trajectories (ravine, Rosenbrock)",
-                         demo_panels))
-    except ImportError:
-        pass
-    try:
-        from ..limits import demo_error_vs_h
-        sections.append(("4. Error vs step size h, with fitted order", demo_error_vs_h))
-    except ImportError:
-        pass
-    return sections
+    from ..compare import demo_panels
+    from ..limits import demo_error_vs_h
+
+    return [("3. Discrete vs continuous trajectories (ravine, Rosenbrock)", demo_panels,
+             _show_comparisons),
+            ("4. Error vs step size h, with fitted order", demo_error_vs_h, _show_orders)]
