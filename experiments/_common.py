@@ -11,7 +11,8 @@ import torch  # noqa: E402
 
 
 def parse(doc: str) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="out/experiments", help="folder for the JSON and PNG")
     p.add_argument("--quick", action="store_true", help="smaller settings (< 1 minute)")
     args = p.parse_args()

@@ -24,7 +24,8 @@ cases = [("adam", dict(lr=0.05, betas=(0.9, 0.99)), "rates"),
 sweeps = [sweep(make_flow(name, **hp), "quadratic", T=10.0, hs=hs, path=path)
           for name, hp, path in cases]
 for s in sweeps:
-    print(f"{s.flow:8s} {s.path:12s} order {s.order:.3f} CI [{s.order_ci[0]:.3f}, {s.order_ci[1]:.3f}]")
+    lo, hi = s.order_ci
+    print(f"{s.flow:8s} {s.path:12s} order {s.order:.3f} CI [{lo:.3f}, {hi:.3f}]")
 png = plot_sweeps(sweeps, args.out / "limit_sweep.png",
                   title="Discrete runs vs their h → 0 limits (quadratic, T = 10)")
 js = write_json(args.out / "limit_sweep.json", [s.to_dict() for s in sweeps])

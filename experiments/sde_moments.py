@@ -24,8 +24,10 @@ sq = sde.sqrt_path_study(hs=hs, replicas=20000 if args.quick else 100000, lr=0.5
 fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
 for o, m in ((1, "o"), (2, "s")):
     r = lte[f"order{o}"]
-    a1.loglog(lte["lrs"], r["mean_errors"], m + "-", label=f"mean, order-{o} SDE: p={r['mean_order']:.2f}")
-    a1.loglog(lte["lrs"], r["cov_errors"], m + "--", label=f"covariance, order-{o} SDE: p={r['cov_order']:.2f}")
+    a1.loglog(lte["lrs"], r["mean_errors"], m + "-",
+              label=f"mean, order-{o} SDE: p={r['mean_order']:.2f}")
+    a1.loglog(lte["lrs"], r["cov_errors"], m + "--",
+              label=f"covariance, order-{o} SDE: p={r['cov_order']:.2f}")
 a1.set_xlabel("learning rate η")
 a1.set_ylabel("moment error at t = 2")
 a1.set_title("SGD vs its SDEs (Li, Tai & E 2017)")

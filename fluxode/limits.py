@@ -47,7 +47,8 @@ def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
     if h.ndim != 1 or h.shape != e.shape:
         raise ValueError(f"hs and errors must be 1-D of equal length, got {h.shape}, {e.shape}")
     if len(h) < 3:
-        raise ValueError(f"need at least 3 step sizes to fit an order with an interval, got {len(h)}")
+        raise ValueError(f"need at least 3 step sizes to fit an order with an interval, "
+                         f"got {len(h)}")
     if not (np.all(np.isfinite(h)) and np.all(h > 0)):
         raise ValueError("hs must be finite and in (0, inf)")
     if not (np.all(np.isfinite(e)) and np.all(e > 0)):

@@ -141,7 +141,7 @@ class SGDSDE(torch.nn.Module):
         return self.root.expand(y.shape[0], *self.root.shape)
 
 
-# --- RMSprop along the square-root path --------------------------------------------------------------
+# --- RMSprop along the square-root path ----------------------------------------------------
 def rmsprop_sqrt_moments(a, sigma, x0, lr: float, alpha: float, eps: float, T: float,
                          n: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance of θ at step-clock T for the RMSprop SDE on ½Σaᵢθᵢ² (diagonal noise

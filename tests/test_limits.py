@@ -8,7 +8,6 @@ import torch
 
 from fluxode import limits as L
 from fluxode import paths as P
-from fluxode.discretize import euler_step_
 from fluxode.flows import make_flow
 from fluxode.flows.modified import ModifiedSGD, SignFlow
 from fluxode.problems import make_problem
@@ -97,7 +96,7 @@ def test_sqrt_point_scales_like_malladi():
         P.sqrt_point(make_flow("sgd"), 0.5)
 
 
-# --- convergence orders (the done-when) ------------------------------------------------------------
+# --- convergence orders (the done-when) -----------------------------------------------------
 @pytest.mark.parametrize("problem, lr", [("quadratic", 0.1), ("ravine", 0.02)])
 def test_gd_order_one_to_gradient_flow_and_two_to_the_modified_flow(problem, lr):
     flow = make_flow("sgd", lr=lr)
@@ -168,7 +167,7 @@ def test_modified_flow_equations_and_gradient():
         f.effective_gradient(g, g, None)
 
 
-# --- input checks -----------------------------------------------------------------------------------
+# --- input checks ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     (dict(path="sqrt"), "SDE"), (dict(path="nope"), "path"),
     (dict(hs=[0.1, 0.07, 0.05]), "divide"), (dict(hs=[0.3, 0.15, 0.075]), "integer"),
