@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -50,16 +51,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, 1 thread, float64, 64 points\n")
     print(f"{'sweep':44s} {'sequential s':>12s} {'batched s':>10s} {'ratio':>7s}  equal")
     for label, kind, (flow, prob, grid, fixed), kw in cases(args.steps):
-        if kind == "discrete":
-            t_seq, ref = best(lambda: SW.sequential_discrete(flow, prob, grid, **kw, **fixed),
-                              args.repeat)
-            t_bat, res = best(lambda: SW.sweep_discrete(flow, prob, grid, **kw, **fixed),
-                              args.repeat)
-        else:
-            t_seq, ref = best(lambda: SW.sequential_continuous(flow, prob, grid, **kw, **fixed),
-                              args.repeat)
-            t_bat, res = best(lambda: SW.sweep_continuous(flow, prob, grid, **kw, **fixed),
-                              args.repeat)
+        seq, bat = ((SW.sequential_discrete, SW.sweep_discrete) if kind == "discrete"
+                    else (SW.sequential_continuous, SW.sweep_continuous))
+        args_ = (flow, prob, grid)
+        t_seq, ref = best(partial(seq, *args_, **kw, **fixed), args.repeat)
+        t_bat, res = best(partial(bat, *args_, **kw, **fixed), args.repeat)
         same = "bitwise" if torch.equal(res.W, ref) else \
             f"max |Δ| {float((res.W - ref).abs().max()):.1e}"
         print(f"{label:44s} {t_seq:12.3f} {t_bat:10.3f} {t_seq / t_bat:6.1f}×  {same}")

@@ -90,7 +90,7 @@ class Replicas:
 
         t = torch.tensor([loss, float(correct)], dtype=torch.float64)
         dist.all_reduce(t)
-        return float(t[0]) / self.world_size, int(round(float(t[1])))
+        return float(t[0]) / self.world_size, round(float(t[1]))
 
     def gather(self, obj) -> list:
         """``obj`` from every rank, in rank order."""

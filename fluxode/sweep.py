@@ -387,14 +387,14 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
     for rows in groups:
         flow = batched_flow([flows[i] for i in rows])
 
-        def views(y):
+        def views(y, flow=flow):
             return {n: (y[0, sl].view(()) if n in flow.clocks else y[:, sl])
                     for n, sl in layout.slices.items()}
 
         def fn(tt, y, flow=flow):
             nfe[0] += 1
             tau = float(tt)
-            S = views(y)
+            S = views(y, flow)
             g = grad(S["W"], tau)
             clip_rows_(g, flow.max_grad_norm)
             out = torch.empty_like(y)
@@ -435,7 +435,7 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
 def sequential_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1.0,
                         W0: Tensor | None = None, **fixed) -> Tensor:
     """``run_discrete`` point by point: (P, steps + 1, n)."""
-    problem, points, flows = _setup(flow_name, problem, grid, fixed)
+    problem, _, flows = _setup(flow_name, problem, grid, fixed)
     W0 = _start(problem, W0)
     return torch.stack([run_discrete(f, problem.grad, W0, steps, h=h)[1] for f in flows])
 
@@ -446,7 +446,7 @@ def sequential_continuous(flow_name: str, problem, grid: dict, T: float, save_at
     """``fluxode.integrate.integrate`` point by point: (P, len(save times), n)."""
     from .integrate import FIXED, integrate
 
-    problem, points, flows = _setup(flow_name, problem, grid, fixed)
+    problem, _, flows = _setup(flow_name, problem, grid, fixed)
     kw = {"step_size": step_size} if method in FIXED else {}
     return torch.stack([integrate(f, problem, x0=W0, T=T, save_at=save_at, method=method,
                                   rtol=rtol, atol=atol, **kw).W for f in flows])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -99,7 +100,7 @@ def test_heavy_ball_sweep_matches_closed_form_at_order_one():
         exact = torch.stack([prob.heavy_ball_solution(4.0, lr=0.01, momentum=m, b0=torch.zeros(2))
                              for m in grid["momentum"]])
         errs.append(torch.linalg.vector_norm(res.W[:, -1] - exact, dim=1))
-    for a, b in zip(errs[:-1], errs[1:]):
+    for a, b in itertools.pairwise(errs):
         ratio = a / b
         assert bool(((ratio > 1.8) & (ratio < 2.2)).all()), ratio  # first order: halves
 
