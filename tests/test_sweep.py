@@ -140,3 +140,10 @@ def test_bad_inputs_are_refused():
         SW.sweep_continuous("sgd", "ravine", {"lr": [0.1]}, T=1.0, step_size=math.nan)
     with pytest.raises(ValueError, match="needs a Hessian"):
         SW.sweep_discrete("newton", "ravine", {"lr": [0.1, 0.2]}, steps=3)
+
+
+def test_demo_sweep_writes_its_outputs(tmp_path):
+    rec = SW.demo_sweep(tmp_path)
+    assert len(rec["points"]) == 64 and len(rec["final_loss"]) == 64
+    assert (tmp_path / "sweep_heavy_ball.png").stat().st_size > 0
+    assert (tmp_path / "sweep_heavy_ball.json").stat().st_size > 0
