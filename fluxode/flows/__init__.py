@@ -6,12 +6,14 @@ from .accelerated import NesterovODE, nag
 from .adagrad import Adagrad
 from .adam import Adam, AdamW
 from .base import Block, Envelope, Flow, State
+from .modified import ModifiedSGD, SignFlow
 from .newton import Newton
 from .rmsprop import RMSprop
 from .sgd import SGD
 
 FLOWS: dict[str, type[Flow]] = {
-    cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Newton, NesterovODE)
+    cls.name: cls for cls in (SGD, Adagrad, RMSprop, Adam, AdamW, Newton, NesterovODE,
+                              ModifiedSGD, SignFlow)
 }
 
 
@@ -32,4 +34,4 @@ def make_flow(name: str | Flow, **hyperparameters) -> Flow:
 
 
 __all__ = ["FLOWS", "make_flow", "Flow", "Block", "Envelope", "State", "SGD", "Adagrad",
-           "RMSprop", "Adam", "AdamW", "Newton", "NesterovODE", "nag"]
+           "RMSprop", "Adam", "AdamW", "Newton", "NesterovODE", "ModifiedSGD", "SignFlow", "nag"]
