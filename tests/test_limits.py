@@ -15,14 +15,6 @@ from fluxode.problems import make_problem
 HS = [0.125 / 2 ** j for j in range(5)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up dominates, and oversubscribed cores stall OpenMP."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 # --- order fitting -----------------------------------------------------------------------------
 def test_fit_order_recovers_a_power_law_and_its_interval_covers_noisy_data():

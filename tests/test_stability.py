@@ -9,14 +9,6 @@ from fluxode import stability as St
 from fluxode.flows import make_flow
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: thread start-up dominates, and oversubscribed cores stall OpenMP."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 CASES = [("sgd", {}, lambda lam, v: 2 / lam),
          ("sgd", dict(momentum=0.9), lambda lam, v: 3.8 / lam),
