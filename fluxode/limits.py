@@ -17,13 +17,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from . import paths as P
 from .discretize import run_discrete
-from .flat import FlatLayout
 from .flows import Flow, make_flow
-from .forces import clip_gradients_
+from .integrate import integrate
 
 
 # --- order fitting -----------------------------------------------------------------------------
@@ -69,33 +67,12 @@ def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
 
 
 # --- accurate continuous solutions ---------------------------------------------------------
-def initial_state(flow: Flow, problem, W0: Tensor) -> dict[str, Tensor]:
-    """The flow's state at τ = 0 from W0 (consistent with the first discrete step)."""
-    g = problem.grad(W0).clone()
-    clip_gradients_([g], flow.max_grad_norm)
-    H = problem.hessian(W0) if flow.needs_hessian else None
-    return flow.init(W0.clone(), flow.effective_gradient(W0, g, H))
-
-
-def integrate(flow: Flow, problem, W0: Tensor, times, method: str = "dopri5",
-              rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
-    """W(τ) at ``times`` (step clock, increasing, from 0) for the continuous flow, by
-    torchdiffeq on the flat state; returns a (len(times), n) tensor."""
-    W0 = W0.detach().reshape(-1)
-    layout = FlatLayout(flow, W0.numel())
-    y0 = layout.pack(initial_state(flow, problem, W0))
-    n = layout.n
-
-    def field(t, y):
-        W = y[:n]
-        g = problem.grad(W).clone()
-        clip_gradients_([g], flow.max_grad_norm)
-        H = problem.hessian(W) if flow.needs_hessian else None
-        return layout.field_into(float(t), y, g, torch.empty_like(y), H)
-
-    t = torch.as_tensor(times, dtype=y0.dtype)
-    ys = odeint(field, y0, t, method=method, rtol=rtol, atol=atol)
-    return ys[:, :n]
+def continuous(flow: Flow, problem, W0: Tensor, times, method: str = "dopri5",
+               rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
+    """W(τ) at ``times`` (step clock, increasing, from 0) for the continuous flow: an accurate
+    ``fluxode.integrate.integrate`` solve; returns a (len(times), n) tensor."""
+    return integrate(flow, problem, x0=W0.detach().reshape(-1), save_at=times, method=method,
+                     rtol=rtol, atol=atol).W
 
 
 def discrete(flow: Flow, problem, W0: Tensor, h: float, steps: int, every: int = 1) -> Tensor:
@@ -194,10 +171,10 @@ def sweep(flow: Flow | str, problem, T: float, hs=None, path: str = "rates",
     if W0.dtype != torch.float64:
         raise ValueError(f"limit sweeps run in float64, got W0 of dtype {W0.dtype}")
     checkpoints = torch.arange(n0 + 1, dtype=torch.float64) * hs[0]
-    plain = None if modified else integrate(P.limit_flow(flow, path), problem, W0, checkpoints)
+    plain = None if modified else continuous(P.limit_flow(flow, path), problem, W0, checkpoints)
     errs, maxes = [], []
     for h, r in zip(hs, ratios):
-        ref = integrate(modified_flow(flow, h, path), problem, W0, checkpoints) \
+        ref = continuous(modified_flow(flow, h, path), problem, W0, checkpoints) \
             if modified else plain
         Ws = discrete(P.discrete_flow(flow, h, path), problem, W0, h, n0 * r, every=r)
         if not torch.isfinite(Ws).all():

@@ -41,7 +41,7 @@ def test_fit_order_refuses_bad_input(hs, errors):
 def test_integrate_matches_the_matrix_exponential():
     p = make_problem("ravine")
     taus = torch.linspace(0, 5, 11, dtype=torch.float64)
-    W = L.integrate(make_flow("sgd", lr=0.05), p, p.x0(), taus)
+    W = L.continuous(make_flow("sgd", lr=0.05), p, p.x0(), taus)
     exact = p.gradient_flow_solution(taus, lr=0.05)
     assert torch.allclose(W, exact, rtol=0, atol=1e-10)
 
@@ -113,7 +113,7 @@ def test_heavy_ball_needs_the_shifted_start_for_order_two():
     errs = []
     for h in HS:
         n = round(T / h)
-        ref = L.integrate(ModifiedSGD(lr=lr, momentum=0.9, h=h, shift_start=False), p, p.x0(),
+        ref = L.continuous(ModifiedSGD(lr=lr, momentum=0.9, h=h, shift_start=False), p, p.x0(),
                           torch.tensor([0.0, T], dtype=torch.float64))
         W = L.discrete(P.discrete_flow(make_flow("sgd", lr=lr, momentum=0.9), h, "betas-fixed"),
                        p, p.x0(), h, n, every=n)
