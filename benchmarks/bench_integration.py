@@ -98,11 +98,14 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20, help="rk4 steps (4 gradient calls each)")
+    ap.add_argument("--hidden", type=int, nargs="+", default=[256, 256, 256],
+                    help="hidden widths; e.g. --hidden $(printf '72 %.0s' {1..24}) for a deep "
+                         "net with many small parameter tensors")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
-    problem = classification("digits", hidden=(256, 256, 256), dtype=torch.float32)
+    problem = classification("digits", hidden=tuple(args.hidden), dtype=torch.float32)
     flow = make_flow("sgd", lr=0.05, momentum=0.9)
     step, T = 0.25, 0.25 * args.steps
     W = problem.x0()
@@ -119,7 +122,7 @@ def main(argv=None):
             return tr.stats["wall_time_s"], tr.stats["nfe"], tr.W[-1]
         return go
 
-    rec = {"params": problem.dim, "samples": len(problem.batches[0][1]), "dtype": "float32",
+    rec = {"params": problem.dim, "tensors": len(problem.names), "samples": len(problem.batches[0][1]), "dtype": "float32",
            "flow": flow.name, "method": "rk4", "step_size": step, "T": T,
            "threads": torch.get_num_threads(), "grad_eval_ms": 1e3 * t_grad}
     runs = {
@@ -140,7 +143,7 @@ def main(argv=None):
         rec[f"overhead_ratio_tuple_over_flat{kind}"] = (
             rec[f"tuple{kind}"]["overhead_fraction"] / rec[f"flat{kind}"]["overhead_fraction"])
 
-    print(f"MLP {problem.dim} params, {rec['samples']} samples, float32, {flow.name} flow, rk4 "
+    print(f"MLP {problem.dim} params in {len(problem.names)} tensors, {rec['samples']} samples, float32, {flow.name} flow, rk4 "
           f"h={step}, {args.steps} steps, {rec['threads']} threads")
     print(f"one gradient evaluation: {rec['grad_eval_ms']:.2f} ms")
     for name in runs:

@@ -24,22 +24,28 @@ from .flows import Envelope, Flow, State
 from .forces import clip_gradients_
 
 
-def vector_field(flow: Flow, tau: float, S: State, g: Tensor,
-                 H: Tensor | None = None) -> dict[str, Tensor]:
+def vector_field(flow: Flow, tau: float, S: State, g: Tensor, H: Tensor | None = None,
+                 out: State | None = None) -> dict[str, Tensor]:
     """dS/dτ for the continuous flow at (τ, S) with raw (already clipped) gradient g,
-    evaluated at ``flow.admissible(S)``."""
+    evaluated at ``flow.admissible(S)``; written into the tensors of ``out`` when given."""
     S = flow.admissible(S)
     ge = flow.effective_gradient(S["W"], g, H)
-    out: dict[str, Tensor] = {}
+    dst = out if out is not None else {}
     for block in flow.blocks():
         if isinstance(block, Envelope):
             x, src = S[block.name], S[block.source]
-            out[block.name] = torch.where(src >= x, out[block.source].clamp(min=0),
-                                          torch.zeros_like(x))
+            r = torch.where(src >= x, dst[block.source].clamp(min=0), torch.zeros_like(x))
+            if out is None:
+                dst[block.name] = r
+            else:
+                dst[block.name].copy_(r)
             continue
         for name, rate in zip(block.names, block.field(tau, S, ge)):
-            out[name] = rate.rate(S[name])
-    return out
+            if out is None:
+                dst[name] = rate.rate(S[name])
+            else:
+                rate.rate(S[name], dst[name])
+    return dst
 
 
 def euler_step_(flow: Flow, tau: float, S: State, g: Tensor, h: float = 1.0,

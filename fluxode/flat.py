@@ -67,7 +67,5 @@ class FlatLayout:
 
             if flow_field_into(self.flow, tau, self.views(y), g, dst, self.backend):
                 return out
-        rates = vector_field(self.flow, tau, self.views(y), g, H)
-        for name, r in rates.items():
-            dst[name].copy_(r)
+        vector_field(self.flow, tau, self.views(y), g, H, out=dst)
         return out

@@ -147,6 +147,12 @@ def _nonfinite_message(layout: FlatLayout, tau: float, y: Tensor, dy: Tensor | N
     return None
 
 
+def all_finite(t: Tensor) -> bool:
+    """True when every entry of t is finite. One summing pass decides the common case (a sum
+    of finite numbers is finite unless it overflows); only then is it checked entry by entry."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 class _Field(nn.Module):
     """dy/dτ for torchdiffeq, with call counts, step hooks and finiteness checks."""
 
@@ -169,7 +175,7 @@ class _Field(nn.Module):
         H = self.problem.hessian(W) if self.flow.needs_hessian else None
         out = torch.empty_like(y)
         self.layout.field_into(tau, y, g, out, H)
-        if self.check_finite and not torch.isfinite(out).all():
+        if self.check_finite and not all_finite(out):
             msg = (_nonfinite_message(self.layout, tau, y, out, g)
                    or f"non-finite values at τ={tau:.6g}")
             if not self.reject_nonfinite:

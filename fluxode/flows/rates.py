@@ -35,12 +35,19 @@ class Term:
     b: Tensor | None = None
     op: str | None = None
 
-    def value(self) -> Tensor:
+    def value(self, out: Tensor | None = None) -> Tensor:
+        """The term's value; written into ``out`` (same bits) when given and shapes agree."""
+        if out is None or not isinstance(self.a, Tensor) or self.a.shape != out.shape:
+            if self.op == "mul":
+                return self.a * self.b * self.coef
+            if self.op == "div":
+                return self.a * self.coef / self.b
+            return self.a * self.coef
         if self.op == "mul":
-            return self.a * self.b * self.coef
+            return torch.mul(self.a, self.b, out=out).mul_(self.coef)
         if self.op == "div":
-            return self.a * self.coef / self.b
-        return self.a * self.coef
+            return torch.mul(self.a, self.coef, out=out).div_(self.b)
+        return torch.mul(self.a, self.coef, out=out)
 
 
 @dataclass(frozen=True)
@@ -55,16 +62,24 @@ class Linear:
     decay: float = 0.0
     keep: float | None = None
 
-    def rate(self, x: Tensor) -> Tensor:
-        out = None
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        """ẋ at x; written into ``out`` when given (no temporary for the first term)."""
+        acc = None
         for t in self.terms:
-            v = t.value()
-            out = v if out is None else out + v
-        if out is None:
-            out = torch.zeros_like(x)
+            if acc is None:
+                acc = t.value(out)
+            else:
+                acc = acc.add_(t.value()) if acc is out else acc + t.value()
+        if acc is None:
+            acc = torch.zeros_like(x)
         if self.decay != 0.0:
-            out = out - self.decay * x
-        return torch.broadcast_to(out, x.shape) if out.shape != x.shape else out
+            acc = acc.sub_(self.decay * x) if acc is out else acc - self.decay * x
+        if acc.shape != x.shape:
+            acc = torch.broadcast_to(acc, x.shape)
+        if out is not None and acc is not out:
+            out.copy_(acc)
+            return out
+        return acc
 
     def euler_(self, x: Tensor, h: float) -> None:
         if h == 1.0 and self.keep is not None:
@@ -92,8 +107,11 @@ class Toward:
     rate_: float
     target: Tensor | float
 
-    def rate(self, x: Tensor) -> Tensor:
-        return (self.target - x) * self.rate_
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        if out is None:
+            return (self.target - x) * self.rate_
+        return torch.sub(self.target, x, out=out).mul_(self.rate_) \
+            if isinstance(self.target, Tensor) else out.copy_((self.target - x) * self.rate_)
 
     def euler_(self, x: Tensor, h: float) -> None:
         w = self.rate_ if h == 1.0 else h * self.rate_
@@ -115,8 +133,9 @@ class Clock:
     keep: float
     tau: float
 
-    def rate(self, x: Tensor) -> Tensor:
-        return (1 - x) * (1 - self.keep)
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        r = (1 - x) * (1 - self.keep)
+        return r if out is None else out.copy_(r)
 
     def euler_(self, x: Tensor, h: float) -> None:
         kappa = self.keep if h == 1.0 else 1.0 - h * (1.0 - self.keep)
