@@ -90,3 +90,48 @@ def test_rmsprop_moments_on_the_sqrt_path_converge_to_the_sde():
     assert small["var_err"] < 3 * small["var_se"]
     assert small["mean_err"] < 3 * small["mean_se"]
     assert s["rows"][1]["var_err"] < big["var_err"]
+
+
+ADAM = dict(lr=0.5, betas=(0.8, 0.9), eps=0.5, a=(1.0, 4.0), sigma=(1.0, 2.0), x0=(1.0, -1.0))
+
+
+def _adam_moments(**kw):
+    hp = {**ADAM, **kw}
+    return sde.adam_sqrt_moments(hp["a"], hp["sigma"], hp["x0"], hp["lr"], hp["betas"],
+                                 hp["eps"], 2.0, **{k: v for k, v in kw.items() if k == "tau0"})
+
+
+def test_adam_moment_odes_are_insensitive_to_the_start_at_tau0():
+    # leading-order start at τ₀: the moments at T move by O(τ₀²) (the 0/0 of m/c₁ handled),
+    # down to the solver's tolerance (rtol 1e-11) by τ₀ = 1e-7
+    m9, v9 = _adam_moments(tau0=1e-9)
+    m5, v5 = _adam_moments(tau0=1e-5)
+    m7, v7 = _adam_moments(tau0=1e-7)
+    e5 = max(np.abs(m5 - m9).max(), np.abs(v5 - v9).max())
+    e7 = max(np.abs(m7 - m9).max(), np.abs(v7 - v9).max())
+    assert 0 < e5 < 1e-9 and e7 < 1e-12 and e7 < 1e-2 * e5
+    assert np.all(v9 > 0) and np.all(np.isfinite(m9))
+
+
+def test_adam_sqrt_path_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="betas"):
+        sde.adam_sqrt_moments((1.0,), (1.0,), (1.0,), 0.5, (1.0, 0.9), 0.5, 2.0)
+    with pytest.raises(ValueError, match="sigma"):
+        sde.adam_sqrt_moments((1.0,), (-1.0,), (1.0,), 0.5, (0.8, 0.9), 0.5, 2.0)
+    with pytest.raises(ValueError, match="eps"):
+        sde.adam_sqrt_discrete((1.0,), (1.0,), (1.0,), 0.5, (0.8, 0.9), 0.0, 2.0, 0.5)
+    with pytest.raises(ValueError, match="T/h"):
+        sde.adam_sqrt_discrete((1.0,), (1.0,), (1.0,), 0.5, (0.8, 0.9), 0.5, 2.0, 0.3)
+
+
+def test_adam_moments_on_the_sqrt_path_converge_to_the_sde():
+    s = sde.adam_sqrt_path_study(hs=[0.5, 1 / 8, 1 / 256], replicas=20000, **ADAM)
+    big, mid, small = s["rows"]
+    # the real Adam flow (m, v, c₁, c₂ clocks) at step h: its bias-corrected v/c₂ averages
+    # only ~τ/h samples early on, so the weak error decays slowly (~h·log(1/h)); by h = 1/256
+    # it is below the Monte Carlo resolution of 20000 replicas
+    assert big["var_err"] > 20 * big["var_se"] and big["mean_err"] > 20 * big["mean_se"]
+    assert small["var_err"] < 3 * small["var_se"]
+    assert small["mean_err"] < 3 * small["mean_se"]
+    assert big["var_err"] > mid["var_err"] > small["var_err"]
+    assert big["mean_err"] > mid["mean_err"] > small["mean_err"]
