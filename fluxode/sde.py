@@ -308,6 +308,36 @@ def adam_sqrt_moments(a, sigma, x0, lr: float, betas: tuple[float, float], eps: 
     return y[0], y[2]
 
 
+class AdamSDE(torch.nn.Module):
+    """torchsde model of Adam's square-root-path SDE on ½Σaᵢθᵢ², state y = [θ | m]:
+
+        dm = (1-β₁)(aθ - m) dτ + (1-β₁)σ dB,    dθ = -lr·(m/c₁)/(σ + ε) dτ,
+        c₁ = 1 - e^{-(1-β₁)τ}   (√(u/c₂) = σ exactly on the limit; module docstring).
+
+    m/c₁ is 0/0 at τ = 0, where its limit aθ is used; afterwards m/c₁ ~ σ·B(τ)/τ is singular
+    but integrable, and an Euler–Maruyama step of size dt adds O(√dt) noise through it."""
+
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, a, sigma, lr: float, betas: tuple[float, float], eps: float):
+        super().__init__()
+        a_, s_, _ = _sqrt_path_args(a, sigma, np.zeros(len(a)), 1.0)
+        self.lr, (b1, _), eps = _adam_hp(lr, betas, eps)
+        self.a = torch.as_tensor(a_, dtype=torch.float64)
+        self.s = torch.as_tensor(s_, dtype=torch.float64)
+        self.r, self.P, self.d = 1 - b1, 1 / (self.s + eps), len(a_)
+
+    def f(self, t, y):
+        th, m = y[:, :self.d], y[:, self.d:]
+        c1 = -math.expm1(-self.r * float(t))
+        mhat = self.a * th if c1 == 0 else m / c1
+        return torch.cat([-self.lr * self.P * mhat, self.r * (self.a * th - m)], 1)
+
+    def g(self, t, y):
+        return torch.cat([torch.zeros_like(y[:, :self.d]),
+                          (self.r * self.s).expand(len(y), self.d)], 1)
+
+
 def adam_sqrt_discrete(a, sigma, x0, lr: float, betas: tuple[float, float], eps: float,
                        T: float, h: float, replicas: int = 20000, seed: int = 0):
     """Mean and variance over replicas of torch-semantics Adam at step h of the sqrt path:

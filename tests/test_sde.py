@@ -135,3 +135,21 @@ def test_adam_moments_on_the_sqrt_path_converge_to_the_sde():
     assert small["mean_err"] < 3 * small["mean_se"]
     assert big["var_err"] > mid["var_err"] > small["var_err"]
     assert big["mean_err"] > mid["mean_err"] > small["mean_err"]
+
+
+def test_torchsde_integration_of_the_adam_sde_matches_its_moment_odes():
+    """The torchsde model and the moment ODEs describe the same SDE (Euler–Maruyama, dt small
+    enough that its bias is below the Monte Carlo resolution)."""
+    T, R = 2.0, 20000
+    torch.manual_seed(0)
+    model = sde.AdamSDE(ADAM["a"], ADAM["sigma"], ADAM["lr"], ADAM["betas"], ADAM["eps"])
+    y0 = torch.tensor([*ADAM["x0"], 0.0, 0.0], dtype=torch.float64).expand(R, 4).clone()
+    ys = torchsde.sdeint(model, y0, torch.tensor([0.0, T], dtype=torch.float64),
+                         method="euler", dt=1 / 512)
+    m, v = sde.adam_sqrt_moments(ADAM["a"], ADAM["sigma"], ADAM["x0"], ADAM["lr"],
+                                 ADAM["betas"], ADAM["eps"], T)
+    th = ys[-1][:, :2].numpy()
+    se_mean = np.sqrt(v / R)
+    se_var = v * np.sqrt(2 / (R - 1))
+    assert np.all(np.abs(th.mean(0) - m) < 4 * se_mean), (th.mean(0), m)
+    assert np.all(np.abs(th.var(0) - v) < 4 * se_var), (th.var(0), v)
