@@ -19,7 +19,6 @@ Everything is measured in the same run; the best of ``--repeats`` is kept.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
