@@ -37,7 +37,7 @@ CHECKPOINT, MODEL, SUMMARY = "checkpoint.pt", "model.pt", "summary.json"
 OUTPUTS = (CHECKPOINT, MODEL, "metrics.csv", "metrics.json", "learning_curves.png", SUMMARY)
 # Fields that must agree between a checkpoint and the run resuming it (epochs may grow).
 IDENTITY = ("flow", "method", "dataset", "model", "batch_size", "lr", "weight_decay",
-            "max_grad_norm", "substeps", "rtol", "atol", "seed", "dtype")
+            "max_grad_norm", "options", "substeps", "rtol", "atol", "seed", "dtype")
 
 
 class Diverged(RuntimeError):
@@ -61,6 +61,7 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50
     dtype: str = "float32"
+    options: dict = dataclasses.field(default_factory=dict)  # other flow hyperparameters
 
     def validate(self) -> TrainConfig:
         if self.flow not in FLOWS or FLOWS[self.flow].needs_hessian:
@@ -89,7 +90,7 @@ class TrainConfig:
         return self
 
     def hyperparameters(self) -> dict:
-        hp = {"lr": self.lr, "max_grad_norm": self.max_grad_norm}
+        hp = {**self.options, "lr": self.lr, "max_grad_norm": self.max_grad_norm}
         if self.weight_decay is not None:
             hp["weight_decay"] = self.weight_decay
         return hp

@@ -161,3 +161,20 @@ def test_malformed_inputs_leave_outputs_untouched(finished_run, tmp_path, capsys
             (d / f).write_bytes(damage(data) if f == T.CHECKPOINT else data)
         _bad(base + ["--resume"], d, capsys, "is corrupt or not a fluxode checkpoint")
     _bad(base + ["--resume"], tmp_path / "empty", capsys, "no checkpoint at")
+
+
+def test_flow_hyperparameter_flags_reach_the_flow_and_the_checkpoint_identity(tmp_path):
+    """--momentum/--nesterov go to the flow; a checkpoint from other options is refused."""
+    from fluxode import cli
+
+    out = tmp_path / "run"
+    args = ["train", "--flow", "sgd", "--method", "discrete", "--dataset", "iris", "--model",
+            "logreg", "--epochs", "1", "--batch-size", "32", "--lr", "0.1", "--out", str(out),
+            "--json"]
+    assert cli.main(args + ["--momentum", "0.9", "--nesterov"]) == 0
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["options"] == {"momentum": 0.9, "nesterov": True}
+    before = (out / "checkpoint.pt").read_bytes()
+    assert cli.main(args + ["--momentum", "0.5", "--resume"]) == 2
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert cli.main(args + ["--momentum", "1.5"]) == 2  # refused by the flow's validation

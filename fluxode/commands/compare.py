@@ -16,30 +16,12 @@ from .. import io
 from ..flows import FLOWS, make_flow
 from ..integrate import METHODS, IntegrationError
 from ..problems import PROBLEMS, make_problem
-
-# (flag, hyperparameter name, argparse options)
-HYPER = [
-    ("--lr", "lr", dict(type=float)),
-    ("--momentum", "momentum", dict(type=float)),
-    ("--dampening", "dampening", dict(type=float)),
-    ("--nesterov", "nesterov", dict(action="store_const", const=True)),
-    ("--betas", "betas", dict(type=float, nargs=2, metavar=("B1", "B2"))),
-    ("--alpha", "alpha", dict(type=float)),
-    ("--eps", "eps", dict(type=float)),
-    ("--weight-decay", "weight_decay", dict(type=float)),
-    ("--amsgrad", "amsgrad", dict(action="store_const", const=True)),
-    ("--centered", "centered", dict(action="store_const", const=True)),
-    ("--lr-decay", "lr_decay", dict(type=float)),
-    ("--schedule", "schedule", dict(type=str)),
-    ("--max-grad-norm", "max_grad_norm", dict(type=float)),
-]
-
+from .hyperparameters import add_flags, collect
 
 def add_arguments(p):
     p.add_argument("--flow", help=f"one of {sorted(FLOWS)}")
     p.add_argument("--problem", help=f"one of {sorted(PROBLEMS)}")
-    for flag, _, kw in HYPER:
-        p.add_argument(flag, default=None, **kw)
+    add_flags(p)
     p.add_argument("--method", default="dopri5", help=f"torchdiffeq solver: {', '.join(METHODS)}")
     p.add_argument("--rtol", type=float, default=1e-7)
     p.add_argument("--atol", type=float, default=1e-9)
@@ -65,9 +47,7 @@ def run(args) -> int:
         return 0
     if not args.flow or not args.problem:
         raise ValueError("give --flow and --problem (or --demo)")
-    hp = {name: getattr(args, flag.lstrip("-").replace("-", "_")) for flag, name, _ in HYPER}
-    hp = {k: (tuple(v) if isinstance(v, list) else v) for k, v in hp.items() if v is not None}
-    flow = make_flow(args.flow, **hp)
+    flow = make_flow(args.flow, **collect(args))
     problem = make_problem(args.problem, dtype=getattr(torch, args.dtype))
     try:
         comp = cmp.compare(flow, problem, args.steps, h=args.h, method=args.method,

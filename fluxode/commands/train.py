@@ -23,6 +23,10 @@ from pathlib import Path
 
 from .. import distributed
 from .. import train as T
+from .hyperparameters import add_flags, collect
+
+
+OWN = ("lr", "weight_decay", "max_grad_norm")  # TrainConfig fields of their own
 
 
 def add_arguments(p):
@@ -52,6 +56,7 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--compare-discrete", action="store_true",
                    help="also train the discrete twin and plot both (OUT/compare.png)")
+    add_flags(p, skip=OWN)  # momentum, betas, eps, …: passed to the flow
     p.add_argument("--json", action="store_true",
                    help="print the final summary as JSON (no progress bar)")
 
@@ -62,7 +67,8 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         substeps=args.substeps, rtol=args.rtol, atol=args.atol, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, dtype=args.dtype).validate()
+        checkpoint_every=args.checkpoint_every, dtype=args.dtype,
+        options=collect(args, skip=OWN)).validate()
     out = Path(args.out)
     twin = None
     if args.compare_discrete and config.method != "discrete":
