@@ -223,20 +223,7 @@ def rmsprop_sqrt_discrete(a, sigma, x0, lr: float, alpha: float, eps: float, T: 
     (fluxode's RMSprop flow, h = 1 Euler steps, hyperparameters from ``sqrt_point``)."""
     pt = sqrt_point(make_flow("rmsprop", lr=lr, alpha=alpha, eps=eps), h)
     flow = make_flow("rmsprop", lr=pt.lr, alpha=pt.alpha, eps=pt.eps)
-    a = torch.as_tensor(a, dtype=torch.float64)
-    noise = torch.as_tensor(sigma, dtype=torch.float64) * math.sqrt(pt.noise_scale)
-    gen = torch.Generator().manual_seed(seed)
-    steps = round(T / h)
-    if abs(steps * h - T) > 1e-9 * T:
-        raise ValueError(f"T/h must be an integer, got T={T:g}, h={h:g}")
-
-    def grad(W):
-        return W * a + noise * torch.randn(W.shape, generator=gen, dtype=W.dtype)
-
-    W0 = torch.as_tensor(x0, dtype=torch.float64).expand(replicas, len(a)).clone()
-    _, Ws = run_discrete(flow, grad, W0, steps, every=steps)
-    W = Ws[-1]
-    return W.mean(0).numpy(), W.var(0).numpy(), replicas
+    return _replica_moments(flow, a, sigma, pt.noise_scale, x0, T, h, replicas, seed)
 
 
 def sqrt_path_study(hs=None, T: float = 2.0, replicas: int = 20000, lr: float = 0.5,
@@ -349,17 +336,24 @@ def adam_sqrt_discrete(a, sigma, x0, lr: float, betas: tuple[float, float], eps:
         raise ValueError(f"replicas must be an integer in [2, inf), got {replicas!r}")
     pt = sqrt_point(make_flow("adam", lr=lr, betas=betas, eps=eps), h)
     flow = make_flow("adam", lr=pt.lr, betas=pt.betas, eps=pt.eps)
+    return _replica_moments(flow, a_, s_, pt.noise_scale, x0_, T, h, replicas, seed)
+
+
+def _replica_moments(flow, a, sigma, noise_scale: float, x0, T: float, h: float,
+                     replicas: int, seed: int):
+    """Mean and variance over ``replicas`` rows of the flow's discrete run (T/h steps) on
+    ½Σaᵢθᵢ² with gradient noise σ·√noise_scale·ξ, ξ ~ N(0, I)."""
     steps = round(T / h)
     if abs(steps * h - T) > 1e-9 * T:
         raise ValueError(f"T/h must be an integer, got T={T:g}, h={h:g}")
-    a_t = torch.as_tensor(a_, dtype=torch.float64)
-    noise = torch.as_tensor(s_, dtype=torch.float64) * math.sqrt(pt.noise_scale)
+    a = torch.as_tensor(a, dtype=torch.float64)
+    noise = torch.as_tensor(sigma, dtype=torch.float64) * math.sqrt(noise_scale)
     gen = torch.Generator().manual_seed(seed)
 
     def grad(W):
-        return W * a_t + noise * torch.randn(W.shape, generator=gen, dtype=W.dtype)
+        return W * a + noise * torch.randn(W.shape, generator=gen, dtype=W.dtype)
 
-    W0 = torch.as_tensor(x0_, dtype=torch.float64).expand(replicas, len(a_)).clone()
+    W0 = torch.as_tensor(x0, dtype=torch.float64).expand(replicas, len(a)).clone()
     _, Ws = run_discrete(flow, grad, W0, steps, every=steps)
     W = Ws[-1]
     return W.mean(0).numpy(), W.var(0).numpy(), replicas
