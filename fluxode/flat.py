@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .discretize import vector_field
 from .flows import Flow, State
+from .validation import backend as check_backend
 
 
 class FlatLayout:
@@ -26,10 +27,7 @@ class FlatLayout:
     def __init__(self, flow: Flow, n: int, backend: str = "reference"):
         if n < 1:
             raise ValueError(f"n (parameter count) must be in [1, inf), got {n}")
-        if backend not in ("reference", "fused", "auto"):
-            raise ValueError(f"backend must be one of 'reference', 'fused', 'auto', "
-                             f"got {backend!r}")
-        self.flow, self.n, self.backend = flow, n, backend
+        self.flow, self.n, self.backend = flow, n, check_backend(backend)
         self.slices: dict[str, slice] = {}
         offset = 0
         for name in ("W", *flow.vectors):

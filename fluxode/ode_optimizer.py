@@ -34,6 +34,7 @@ from .flat import FlatLayout
 from .flows import FLOWS, Flow, make_flow
 from .forces import clip_gradients_
 from .kernels import flow_step_
+from .validation import backend as check_backend
 from .validation import positive, positive_int
 
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams",
@@ -51,10 +52,7 @@ class ODEOptimizer(torch.optim.Optimizer):
     def __init__(self, params, flow: str = "adamw", method: str = "rk4", *, h: float = 1.0,
                  substeps: int = 1, rtol: float = 1e-3, atol: float = 1e-6,
                  options: dict | None = None, backend: str = "reference", **hyperparameters):
-        if backend not in ("reference", "fused", "auto"):
-            raise ValueError(f"backend must be one of 'reference', 'fused', 'auto', "
-                             f"got {backend!r}")
-        self.backend = backend
+        self.backend = check_backend(backend)
         if flow not in FLOWS:
             raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {flow!r}")
         if method not in METHODS:

@@ -23,6 +23,7 @@ from .discretize import euler_step_
 from .flows import FLOWS, Flow, make_flow
 from .forces import clip_gradients_
 from .kernels import flow_step_
+from .validation import backend as check_backend
 from .validation import positive
 
 
@@ -38,10 +39,7 @@ class FlowOptimizer(torch.optim.Optimizer):
             raise ValueError(f"flow {flow!r} needs a Hessian; run it with fluxode.discretize or "
                              "fluxode.integrate on a problem that provides one")
         defaults = dict(proto.hyperparameters(), h=positive("h", h))
-        if backend not in ("reference", "fused", "auto"):
-            raise ValueError(f"backend must be one of 'reference', 'fused', 'auto', "
-                             f"got {backend!r}")
-        self.flow_name, self.backend = flow, backend
+        self.flow_name, self.backend = flow, check_backend(backend)
         self._hp_names = tuple(proto.hyperparameters())
         self._flows: dict[tuple, Flow] = {}
         super().__init__(params, defaults)

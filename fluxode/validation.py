@@ -57,3 +57,18 @@ def positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer in [1, inf), got {value!r}")
     return value
+
+
+BACKENDS = ("reference", "fused", "auto")
+
+
+def choice(name: str, value, options) -> str:
+    """One of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, options))}, got {value!r}")
+    return value
+
+
+def backend(value) -> str:
+    """Where a step runs: "reference" (the core discretizer), "fused" or "auto" (kernels)."""
+    return choice("backend", value, BACKENDS)

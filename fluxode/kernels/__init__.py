@@ -26,8 +26,8 @@ from typing import Sequence
 import torch
 
 from . import cpu, reference
-from ._checks import (as_scalar, check_backend, check_betas, check_buffers, check_nonneg,
-                      check_step, check_unit_interval)
+from .. import validation as check
+from ._checks import as_scalar, check_buffers, check_step
 
 __all__ = ["adam_step_", "rmsprop_step_", "adam_field", "flatten", "triton_available",
            "flow_step_", "flow_field_into"]
@@ -45,7 +45,7 @@ def triton_available() -> bool:
 
 def _impl(w: torch.Tensor, backend: str):
     """Module implementing the chosen backend for buffers like ``w``."""
-    check_backend(backend)
+    check.backend(backend)
     if backend == "reference":
         return reference
     if w.device.type == "cpu":
@@ -72,9 +72,9 @@ def adam_step_(W: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
     W <- W - lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps).
     """
     step = check_step(step)
-    b1, b2 = check_betas(betas)
-    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
-        "weight_decay", weight_decay)
+    b1, b2 = check.betas(tuple(betas))
+    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
+    wd = check.at_least("weight_decay", weight_decay, 0.0)
     if amsgrad and vmax is None:
         raise ValueError("vmax must be given (a float32 buffer like v, zeros at step 1) "
                          "when amsgrad=True")
@@ -95,10 +95,10 @@ def rmsprop_step_(W: torch.Tensor, g: torch.Tensor, square_avg: torch.Tensor, *,
     d = sqrt(s - a^2) + eps, else d = sqrt(s) + eps; momentum mu > 0: b <- mu b + g/d,
     W <- W - lr b; else W <- W - lr g/d.
     """
-    alpha = check_unit_interval("alpha", alpha)
-    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
-        "weight_decay", weight_decay)
-    momentum = check_nonneg("momentum", momentum)
+    alpha = check.unit_interval("alpha", alpha)
+    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
+    wd = check.at_least("weight_decay", weight_decay, 0.0)
+    momentum = check.at_least("momentum", momentum, 0.0)
     if centered and grad_avg is None:
         raise ValueError("grad_avg must be given (a float32 buffer like square_avg) when "
                          "centered=True")
@@ -131,9 +131,9 @@ def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: tor
     (floats or one-element tensors; dc1, dc2 come back as floats). dW, dm, dv are in the
     state dtype (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
     """
-    b1, b2 = check_betas(betas)
-    lr, eps, wd = check_nonneg("lr", lr), check_nonneg("eps", eps), check_nonneg(
-        "weight_decay", weight_decay)
+    b1, b2 = check.betas(tuple(betas))
+    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
+    wd = check.at_least("weight_decay", weight_decay, 0.0)
     c1, c2 = as_scalar("c1", c1), as_scalar("c2", c2)
     check_buffers(W, [("m", m), ("v", v), ("g", g)])
     if out is not None:
@@ -170,7 +170,7 @@ def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None
 # --- flows → kernels: where a fused kernel applies to a flow's step or field ---------------------
 
 def _fused_applies(flow, backend: str, *, field: bool) -> bool:
-    check_backend(backend)
+    check.backend(backend)
     ok = flow.name in ADAM_FAMILY + (() if field else ("rmsprop",))
     ok = ok and not (field and flow.amsgrad)
     if backend == "fused" and not ok:

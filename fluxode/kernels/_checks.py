@@ -7,7 +7,6 @@ float64). Bad input raises ValueError naming the parameter and its allowed range
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import torch
@@ -47,38 +46,12 @@ def check_buffers(w: torch.Tensor, named_states: Sequence[tuple[str, Any]], *,
             raise ValueError(f"{name} is on {t.device} but {w_name} is on {w.device}")
 
 
-def check_unit_interval(name: str, x: float) -> float:
-    x = float(x)
-    if not (0.0 <= x < 1.0):
-        raise ValueError(f"{name} must be in [0, 1); got {x}")
-    return x
-
-
-def check_nonneg(name: str, x: float) -> float:
-    x = float(x)
-    if not (x >= 0.0) or math.isinf(x):
-        raise ValueError(f"{name} must be a finite number >= 0; got {x}")
-    return x
-
-
-def check_betas(betas: Sequence[float]) -> tuple[float, float]:
-    if len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2); got {betas!r}")
-    return check_unit_interval("betas[0]", betas[0]), check_unit_interval("betas[1]", betas[1])
-
-
 def check_step(step: Any) -> int:
     if isinstance(step, torch.Tensor):
         step = step.item()
     if float(step) != int(step) or int(step) < 1:
         raise ValueError(f"step must be an integer >= 1 (the count including this step); got {step}")
     return int(step)
-
-
-def check_backend(backend: str) -> str:
-    if backend not in ("reference", "fused", "auto"):
-        raise ValueError(f"backend must be 'reference', 'fused' or 'auto'; got {backend!r}")
-    return backend
 
 
 def as_scalar(name: str, c: Any) -> float:
