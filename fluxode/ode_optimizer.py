@@ -13,8 +13,9 @@ frozen over the interval) and reads ``.grad``. All param groups are integrated a
 
 ``method="discrete"`` is the partitioned Euler map instead (``fluxode.discretize.euler_step_``),
 i.e. torch.optim's step at h = 1, bit for bit; it may be called without a closure, like torch.
-A parameter without a gradient is skipped by the discrete map (as torch does) and sees g = 0 in
-the continuous field.
+A parameter without a gradient (``.grad is None`` after the closure) is left alone for the step
+in both modes, as torch does: the discrete map skips it, and the continuous field holds its W and
+auxiliaries still (the group's clocks run on; they are shared by the group's flat state).
 
 η on an interval is the group's ``lr`` (so torch LR schedulers work) times the flow's own
 schedule η(τ); ``max_grad_norm`` clips each group's gradient inside every field evaluation.
@@ -111,6 +112,19 @@ class ODEOptimizer(torch.optim.Optimizer):
         return g
 
     @staticmethod
+    def _frozen_mask(params, like: Tensor) -> Tensor | None:
+        """True over the flat entries of parameters whose .grad is None (None if there are
+        none): their whole state stays put for the step, like torch's skip."""
+        if all(p.grad is not None for p in params):
+            return None
+        mask, off = torch.zeros(like.shape, dtype=torch.bool, device=like.device), 0
+        for p in params:
+            if p.grad is None:
+                mask[off:off + p.numel()] = True
+            off += p.numel()
+        return mask
+
+    @staticmethod
     def _flat_params(params) -> Tensor:
         return torch.cat([p.detach().reshape(-1) for p in params])
 
@@ -165,6 +179,8 @@ class ODEOptimizer(torch.optim.Optimizer):
 
         self.last_nfe = 0
         loss, g0 = evaluate()
+        # parameters without a gradient at the start are left alone for this step, as torch does
+        frozen = [self._frozen_mask(ps, w) for ps, w in zip(params, W0)]
         for (group, flow, layout, st), w, g in zip(groups, W0, g0):
             if not st:
                 gc = g.clone()
@@ -203,7 +219,7 @@ class ODEOptimizer(torch.optim.Optimizer):
                     self._write_params(ps, layout.views(yi)["W"])
                 gs = evaluate()[1]
             out = torch.empty_like(y)
-            for (group, flow, layout, st), yi, g, s in zip(groups, ys, gs, segs):
+            for (group, flow, layout, st), yi, g, s, mask in zip(groups, ys, gs, segs, frozen):
                 self._check_finite(flow, layout, yi, tau)
                 if not bool(torch.isfinite(g).all()):
                     raise FloatingPointError(
@@ -211,6 +227,10 @@ class ODEOptimizer(torch.optim.Optimizer):
                         "diverged (lr too large, or a loss that overflows?)")
                 clip_gradients_([g], flow.max_grad_norm)
                 layout.field_into(tau, yi, g, out[s])
+                if mask is not None:
+                    rates = layout.views(out[s])
+                    for name in ("W", *flow.vectors):
+                        rates[name].masked_fill_(mask, 0)
             return out
 
         t = torch.tensor([tau0, tau0 + self.h], dtype=torch.float64, device=y0.device)

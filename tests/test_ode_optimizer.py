@@ -409,3 +409,19 @@ def test_mlp_on_digits_reaches_95_percent(method):
     with torch.no_grad():
         acc = float((model(data.x_test).argmax(1) == data.y_test).double().mean())
     assert acc >= 0.95, acc
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "discrete"])
+def test_parameters_without_gradients_stay_put_like_torch(method):
+    """A parameter the loss does not use keeps its value under AdamW's decay (torch skips it);
+    the others move."""
+    x, y = _data(torch.float64)
+    model = _mlp(torch.float64)
+    unused = nn.Parameter(torch.ones(4, dtype=torch.float64))
+    opt = ODEOptimizer([*model.parameters(), unused], "adamw", method, lr=1e-2,
+                       weight_decay=0.5)
+    W0 = [p.detach().clone() for p in model.parameters()]
+    for _ in range(3):
+        opt.step(_closure(model, opt, x, y))
+    assert torch.equal(unused.detach(), torch.ones(4, dtype=torch.float64))
+    assert all(not torch.equal(p, w) for p, w in zip(model.parameters(), W0))
