@@ -99,11 +99,11 @@ def run_case(case: Case, dtype: torch.dtype, steps: int, seed: int = 0) -> dict:
     cls = FLOWS[case.flow]
     torch_opt = getattr(torch.optim, cls.torch_twin)(ref.parameters(), lr=LR, foreach=False,
                                                      **case.options)
-    sched = torch_scheduler(schedules.parse(case.schedule), torch_opt)
+    eta = schedules.parse(case.schedule)
+    sched = torch_scheduler(eta, torch_opt)
     flux_opt = FlowOptimizer(mine.parameters(), case.flow, lr=LR,
                              max_grad_norm=case.max_grad_norm, **case.options)
-    flux_sched = torch_scheduler(schedules.parse(case.schedule), flux_opt)
-    eta = schedules.parse(case.schedule)
+    flux_sched = torch_scheduler(eta, flux_opt)
     sign = -1.0 if case.options.get("maximize") else 1.0
     sched_err = 0.0
     for k in range(steps):

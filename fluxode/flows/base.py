@@ -25,10 +25,10 @@ from torch import Tensor
 
 from .. import schedules
 from .. import validation as check
-from .rates import Linear, Toward  # noqa: F401  (re-exported for flow modules)
+from .rates import Rate
 
 State = dict[str, Tensor]
-RateFn = Callable[[float, State, Tensor], tuple["Linear | Toward", ...]]
+RateFn = Callable[[float, State, Tensor], tuple[Rate, ...]]
 
 
 @dataclass(frozen=True)
