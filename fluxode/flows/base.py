@@ -12,6 +12,16 @@ The continuous flow evaluates every block on the same S. The discrete optimizer 
 partitioned (semi-implicit) Euler step over the blocks in order, each block seeing the values
 the earlier blocks just produced; ``fluxode.discretize`` does both, generically.
 Gradient-norm clipping acts on the raw gradient of the whole model before G.
+
+State. A flow declares every state variable besides W as a ``Var``: its shape relative to
+the parameter tensor W ("param": like W; "rows"/"cols": W's shape without its last / its
+second-to-last dimension, for factored moments; "scalar": one number per tensor; or any
+function of W's shape, e.g. a matrix per 2-D parameter), its dtype ("param": W's dtype;
+"float64": an exact scalar such as a bias-correction clock) and its initial value (a number,
+or a function of W and the first effective gradient g₀). The classic flows declare
+``vectors`` (shaped like W, start at 0) and ``clocks`` (float64 scalars, start at 0) as a
+shorthand; ``variables()`` is the general form. State lives per parameter tensor with its own
+shape; packing into a flat buffer is the solver's private business (``fluxode.engine``).
 """
 
 from __future__ import annotations
@@ -29,6 +39,64 @@ from .rates import Rate
 
 State = dict[str, Tensor]
 RateFn = Callable[[float, State, Tensor], tuple[Rate, ...]]
+
+
+ShapeRule = str | Callable[[tuple[int, ...]], tuple[int, ...]]
+InitRule = float | Callable[[Tensor, Tensor | None], Tensor]
+
+
+@dataclass(frozen=True)
+class Var:
+    """A state variable: ``shape`` relative to W ("param", "rows", "cols", "scalar" or a
+    function of W's shape), ``dtype`` ("param" or "float64") and ``init`` (a number, or a
+    function ``(W, g0) -> Tensor`` of the parameter and the first effective gradient)."""
+
+    name: str
+    shape: ShapeRule = "param"
+    init: InitRule = 0.0
+    dtype: str = "param"
+
+    def __post_init__(self):
+        if self.name == "W" or not self.name.isidentifier():
+            raise ValueError(f"state variable name must be an identifier other than 'W', "
+                             f"got {self.name!r}")
+        if not callable(self.shape) and self.shape not in ("param", "rows", "cols", "scalar"):
+            raise ValueError(f"Var {self.name!r}: shape must be 'param', 'rows', 'cols', "
+                             f"'scalar' or a function of W's shape, got {self.shape!r}")
+        if self.dtype not in ("param", "float64"):
+            raise ValueError(f"Var {self.name!r}: dtype must be 'param' or 'float64', "
+                             f"got {self.dtype!r}")
+
+    @property
+    def is_clock(self) -> bool:
+        """An exact float64 scalar (kept as a Python float by the torch.optim front-end)."""
+        return self.shape == "scalar" and self.dtype == "float64"
+
+    def shape_for(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        shape = tuple(shape)
+        if callable(self.shape):
+            return tuple(self.shape(shape))
+        if self.shape == "param":
+            return shape
+        if self.shape == "scalar":
+            return ()
+        if len(shape) < 2:
+            raise ValueError(f"Var {self.name!r}: shape {self.shape!r} needs a parameter with "
+                             f"at least 2 dimensions, got shape {shape}")
+        return shape[:-1] if self.shape == "rows" else shape[:-2] + shape[-1:]
+
+    def initial(self, W: Tensor, g0: Tensor | None) -> Tensor:
+        """The initial value for parameter W (first effective gradient g0, if known)."""
+        dtype = torch.float64 if self.dtype == "float64" else W.dtype
+        if callable(self.init):
+            x = self.init(W, g0)
+            want = self.shape_for(W.shape)
+            if tuple(x.shape) != want:
+                raise ValueError(f"Var {self.name!r}: init returned shape {tuple(x.shape)}, "
+                                 f"expected {want}")
+            return x.to(dtype)
+        return torch.full(self.shape_for(W.shape), float(self.init), dtype=dtype,
+                          device=W.device)
 
 
 @dataclass(frozen=True)
@@ -67,27 +135,35 @@ class Flow:
                               else check.positive("max_grad_norm", max_grad_norm))
 
     # --- state -------------------------------------------------------------------------------
-    vectors: tuple[str, ...] = ()   # auxiliary states shaped like W
-    clocks: tuple[str, ...] = ()    # scalar states (bias-correction clocks), start at 0
+    vectors: tuple[str, ...] = ()   # shorthand: auxiliary states shaped like W, start at 0
+    clocks: tuple[str, ...] = ()    # shorthand: float64 scalars (bias-correction clocks), 0
+    tensorwise: ClassVar[bool] = False  # the field uses whole-tensor quantities (norms, ...)
+
+    def variables(self) -> tuple[Var, ...]:
+        """Every state variable besides W (default: from ``vectors`` and ``clocks``)."""
+        return (*(Var(n) for n in self.vectors),
+                *(Var(c, "scalar", dtype="float64") for c in self.clocks))
 
     @property
     def state_names(self) -> tuple[str, ...]:
-        return ("W", *self.vectors, *self.clocks)
+        return ("W", *(v.name for v in self.variables()))
+
+    @property
+    def elementwise(self) -> bool:
+        """True when the field acts entry by entry on W-shaped states (plus scalar clocks):
+        the parameters of a group may then be stepped as one flat tensor."""
+        return not self.tensorwise and all(v.shape == "param" or v.is_clock
+                                           for v in self.variables())
 
     def init(self, W: Tensor, g0: Tensor | None = None) -> State:
-        """Initial state at τ = 0: auxiliaries and clocks zero (subclasses may use the effective
-        first gradient ``g0`` for a consistent start)."""
-        S = {"W": W}
-        for name in self.vectors:
-            S[name] = torch.zeros_like(W)
-        for name in self.clocks:
-            S[name] = torch.zeros((), dtype=W.dtype, device=W.device)
-        return S
+        """Initial state at τ = 0 from each variable's declared initial value (``g0``: the
+        effective first gradient, for consistent starts)."""
+        return {"W": W, **{v.name: v.initial(W, g0) for v in self.variables()}}
 
     @property
     def memory_per_param(self) -> int:
         """Optimizer-state tensors shaped like W, per parameter (excluding W itself)."""
-        return len(self.vectors)
+        return sum(v.shape == "param" for v in self.variables())
 
     # --- dynamics ----------------------------------------------------------------------------
     def eta(self, tau: float) -> float:
@@ -157,9 +233,10 @@ class Flow:
         lines += [f"  {eq}" for eq in self.equations()]
         if not isinstance(self.schedule, schedules.Constant):
             lines.append(f"  {self.schedule.describe()}")
+        other = [v for v in self.variables() if v.shape != "param"]
         lines.append(f"  state: {', '.join(self.state_names)}   "
                      f"memory: {self.memory_per_param} × params"
-                     + (f" + {len(self.clocks)} scalars" if self.clocks else ""))
+                     + "".join(f" + {v.name} ({_shape_word(v)})" for v in other))
         lines.append(f"  hyperparameters: {self.legend()}")
         return "\n".join(lines)
 
@@ -185,6 +262,12 @@ class Flow:
         """Hyperparameter sets that must be refused with a ValueError (the shared test table)."""
         return [{"lr": -1.0}, {"lr": math.nan}, {"weight_decay": -0.1}, {"maximize": "yes"},
                 {"max_grad_norm": 0.0}, {"schedule": "bogus"}]
+
+
+def _shape_word(v: Var) -> str:
+    if v.is_clock:
+        return "scalar clock"
+    return v.shape if isinstance(v.shape, str) else "per-tensor shape"
 
 
 def _fmt(v) -> str:
