@@ -21,7 +21,6 @@ import torch
 from torch import Tensor
 
 from .flows import Envelope, Flow, State
-from .forces import clip_gradients_
 
 
 def vector_field(flow: Flow, tau: float, S: State, g: Tensor, H: Tensor | None = None,
@@ -64,23 +63,19 @@ def euler_step_(flow: Flow, tau: float, S: State, g: Tensor, h: float = 1.0,
 def run_discrete(flow: Flow, grad_fn: Callable[[Tensor], Tensor], W0: Tensor, steps: int,
                  h: float = 1.0, hess_fn: Callable[[Tensor], Tensor] | None = None,
                  every: int = 1) -> tuple[Tensor, Tensor]:
-    """Iterate the discrete map from W0 on a flat (or any-shape) parameter tensor.
+    """Iterate the discrete map from W0 on a flat (or any-shape) parameter tensor: a thin
+    caller of ``fluxode.engine.run`` with ``grad_fn(W)`` as the oracle.
 
-    Returns (taus, Ws): step-clock times and the parameters every ``every`` steps, including
-    the start."""
-    if steps < 0:
-        raise ValueError(f"steps must be in [0, inf), got {steps}")
-    W = W0.detach().clone()
-    S: State | None = None
-    taus, Ws = [0.0], [W.clone()]
-    for k in range(steps):
-        g = grad_fn(W)
-        clip_gradients_([g], flow.max_grad_norm)
-        H = hess_fn(W) if flow.needs_hessian else None
-        if S is None:
-            S = flow.init(W, flow.effective_gradient(W, g, H))
-        euler_step_(flow, k * h, S, g, h, H)
-        if (k + 1) % every == 0 or k + 1 == steps:
-            taus.append((k + 1) * h)
-            Ws.append(S["W"].clone())
+    Returns (taus, Ws): step-clock times and the parameters every ``every``-th step,
+    including the start."""
+    from .engine import Oracle, run, start
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"steps must be an integer in [0, inf), got {steps!r}")
+    oracle = Oracle(lambda W, tau: grad_fn(W), hess_fn and (lambda W: hess_fn(W)))
+    W0 = W0.detach()
+    if steps == 0:
+        return torch.zeros(1, dtype=torch.float64), W0.clone().unsqueeze(0)
+    S, g, H = start(flow, oracle, W0)
+    taus, Ws = run(flow, oracle, S, steps, h=h, every=every, first=(g, H))
     return torch.tensor(taus, dtype=torch.float64), torch.stack(Ws)

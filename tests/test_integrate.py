@@ -145,14 +145,8 @@ def test_minibatch_field_switches_batches_at_integers(method, kw):
 
 
 def _integrate_from_state(flow, problem, S, method, kw):
-    """Continue from a full state S by a shifted problem (τ' = τ - k is irrelevant for sgd)."""
-    from fluxode import integrate as I
-    orig = I.initial_state
-    I.initial_state = lambda f, p, W0: ({n: v.clone() for n, v in S.items()}, None, None)
-    try:
-        return integrate(flow, problem, x0=S["W"], save_at=[0.0, 1.0], method=method, **kw)
-    finally:
-        I.initial_state = orig
+    """Continue from a full state S (τ' = τ - k is irrelevant for sgd)."""
+    return integrate(flow, problem, state=S, save_at=[0.0, 1.0], method=method, **kw)
 
 
 def test_minibatch_jumps_reach_the_solver():

@@ -1,0 +1,18 @@
+"""The engine: one discrete step and loop, one continuous solve, one state layout.
+
+    step_(flow, S, g, τ, h)     partitioned Euler (torch.optim's update at h = 1)
+    start / run                 the initial state and the only discrete loop
+    solve(rhs, y0, times, …)    the only call into the ODE library (torchdiffeq)
+    Layout(flow, shapes)        per-tensor state packed into one flat buffer for solvers
+
+Everything else (the torch.optim front-end, trajectories, sweeps, limits, sharpness,
+stability, training) is a caller of these.
+"""
+
+from .layout import Layout
+from .solve import (ADAPTIVE, FIXED, METHODS, IntegrationError, all_finite, check_method,
+                    check_positive, solve)
+from .step import Oracle, evaluate, run, start, step_
+
+__all__ = ["Layout", "solve", "IntegrationError", "METHODS", "ADAPTIVE", "FIXED", "all_finite",
+           "check_method", "check_positive", "Oracle", "evaluate", "run", "start", "step_"]
