@@ -119,21 +119,9 @@ def default_hs(T: float, n: int = 6, h_max: float | None = None) -> list[float]:
 
 
 def modified_flow(flow: Flow, h: float, path: str) -> Flow:
-    """The first-order modified flow of ``flow`` at step h of ``path`` (SGD / heavy ball)."""
-    from .flows.modified import ModifiedSGD
-    from .schedules import Constant
-
-    if flow.name != "sgd" or flow.nesterov or flow.dampening or flow.weight_decay \
-            or flow.maximize or flow.max_grad_norm is not None \
-            or not isinstance(flow.schedule, Constant):
-        raise ValueError("modified flows are derived for sgd (plain or heavy ball) with "
-                         "dampening=0, nesterov=False, no decay, clipping or schedule")
-    if flow.momentum and path != "betas-fixed":
-        raise ValueError("the heavy-ball modified flow is derived along path='betas-fixed' "
-                         "(momentum fixed, lr → h·lr)")
-    if flow.momentum == 1:
-        raise ValueError("momentum must be in [0, 1) for a modified flow, got 1")
-    return ModifiedSGD(lr=flow.lr, momentum=flow.momentum, h=h)
+    """The first-order modified flow of ``flow`` at step h of ``path``, as the flow states it
+    (``Flow.modified``; SGD / heavy ball: ``flows.modified.ModifiedSGD``)."""
+    return flow.modified(h, path)
 
 
 def _check_grid(T: float, hs) -> tuple[list[float], int, list[int]]:

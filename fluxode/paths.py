@@ -8,23 +8,23 @@ on the step clock τ = k·h:
                  Limit: F itself; the discrete runs converge at order 1.
     betas-fixed  lr → h·lr, β fixed.  F_h has the auxiliary rates of F divided by h
                  (ẋ = (1-β)(g - x)/h, …), so an Euler step h moves x by (1-β)(g - x) and
-                 W by h·lr·(…).  As h → 0 the auxiliaries are slaved to their targets
-                 (m → g, v → g², b → (1-d)g/(1-μ), c → 1):
-                   SGD momentum μ (dampening d)  →  gradient flow Ẇ = -lr(1-d)/(1-μ)·g
-                   Adam/AdamW, RMSprop           →  sign-like flow Ẇ = -lr·g/(|g| + ε)
-                                                    (÷(1-μ) with RMSprop momentum)
+                 W by h·lr·(…).  As h → 0 the auxiliaries are slaved to their targets; the
+                 limit is stated by each flow (``Flow.betas_fixed_limit``: SGD momentum →
+                 gradient flow, Adam/RMSprop → a sign-like flow).
     sqrt         Malladi et al. (2022) square-root rule: lr → √h·lr, (1-β) → h·(1-β),
                  ε → ε/√h, with gradient-noise covariance Σ → Σ/h (batch size × h).  Its
-                 limit is an SDE, not an ODE (``fluxode.sde``).
+                 points are stated by each flow (``Flow.sqrt_point``); its limit is an SDE,
+                 not an ODE (``fluxode.sde``).
+
+This module is generic: ``limit_flow`` and ``sqrt_point`` ask the flow (``fluxode.flows.
+capabilities``); ``BetasFixed`` rescales any flow's auxiliary rates.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from . import validation as check
 from .flows.base import Block, Envelope, Flow
+from .flows.capabilities import SqrtPoint
 from .flows.rates import Clock, Linear, Term, Toward
 
 PATHS = ("rates", "betas-fixed", "sqrt")
@@ -100,62 +100,15 @@ class BetasFixed(Flow):
 
 
 def betas_fixed_limit(flow: Flow) -> Flow:
-    """The h → 0 limit of ``flow`` along betas-fixed (see the module docstring)."""
-    from .flows.modified import SignFlow
-    from .flows.sgd import SGD
-
-    if flow.max_grad_norm is not None or not _constant(flow):
-        raise ValueError("betas-fixed limits are derived for constant lr without clipping")
-    if flow.name == "sgd":
-        mu, d = flow.momentum, flow.dampening
-        if mu == 1:
-            raise ValueError("momentum must be in [0, 1) for a betas-fixed limit, got 1")
-        scale = 1.0 if not mu else (1 - d) / (1 - mu)
-        return SGD(lr=flow.lr * scale, weight_decay=flow.weight_decay, maximize=flow.maximize)
-    if flow.name in ("adam", "adamw"):
-        if flow.amsgrad:
-            raise ValueError("betas-fixed limit of Adam is derived for amsgrad=False")
-        return SignFlow(lr=flow.lr, eps=flow.eps, weight_decay=flow.weight_decay,
-                        decoupled=flow.decoupled_decay, maximize=flow.maximize)
-    if flow.name == "rmsprop":
-        if flow.centered:
-            raise ValueError("betas-fixed limit of RMSprop is derived for centered=False")
-        return SignFlow(lr=flow.lr / (1 - flow.momentum), eps=flow.eps,
-                        weight_decay=flow.weight_decay, maximize=flow.maximize)
-    raise ValueError(f"betas-fixed limit is known for sgd, adam, adamw, rmsprop; "
-                     f"got flow {flow.name!r}")
-
-
-def _constant(flow: Flow) -> bool:
-    from .schedules import Constant
-
-    return isinstance(flow.schedule, Constant)
+    """The h → 0 limit of ``flow`` along betas-fixed, as the flow states it."""
+    return flow.limit("betas-fixed")
 
 
 # --- sqrt: Malladi et al.'s square-root rule -----------------------------------------------
-@dataclass(frozen=True)
-class SqrtPoint:
-    """Hyperparameters at step h of the square-root path (torch names) and the noise scale."""
-
-    lr: float
-    betas: tuple[float, float] | None
-    alpha: float | None
-    eps: float
-    noise_scale: float  # gradient-noise covariance multiplier: Σ → Σ·noise_scale = Σ/h
-
-
 def sqrt_point(flow: Flow, h: float) -> SqrtPoint:
-    """lr → √h·lr, (1-β) → h(1-β), ε → ε/√h, Σ → Σ/h (adam, adamw, rmsprop)."""
-    h = check_step(h)
-    r = math.sqrt(h)
-    if flow.name in ("adam", "adamw"):
-        b1, b2 = flow.betas
-        return SqrtPoint(flow.lr * r, (1 - h * (1 - b1), 1 - h * (1 - b2)), None,
-                         flow.eps / r, 1.0 / h)
-    if flow.name == "rmsprop":
-        return SqrtPoint(flow.lr * r, None, 1 - h * (1 - flow.alpha), flow.eps / r, 1.0 / h)
-    raise ValueError(f"the sqrt path is defined for adam, adamw, rmsprop (for SGD the SDE "
-                     f"path is the linear scaling rule, fluxode.sde); got flow {flow.name!r}")
+    """The optimizer at step h of the square-root path, as the flow states it:
+    lr → √h·lr, (1-β) → h(1-β), ε → ε/√h, Σ → Σ/h."""
+    return flow.sqrt_point(check_step(h))
 
 
 # --- one entry point ---------------------------------------------------------------------------
@@ -171,10 +124,6 @@ def discrete_flow(flow: Flow, h: float, path: str = "rates") -> Flow:
 
 
 def limit_flow(flow: Flow, path: str = "rates") -> Flow:
-    """The h → 0 limit of ``flow`` along ``path`` (deterministic paths)."""
-    check_path(path)
-    if path == "rates":
-        return flow
-    if path == "betas-fixed":
-        return betas_fixed_limit(flow)
-    raise ValueError("the sqrt path's limit is an SDE: see fluxode.sde")
+    """The h → 0 limit of ``flow`` along ``path``, as the flow states it
+    (``Flow.limit``; the sqrt path's limit is an SDE and is refused)."""
+    return flow.limit(check_path(path))

@@ -222,8 +222,7 @@ def rmsprop_sqrt_discrete(a, sigma, x0, lr: float, alpha: float, eps: float, T: 
     """Mean and variance over replicas of torch-semantics RMSprop at step h of the sqrt path
     (fluxode's RMSprop flow, h = 1 Euler steps, hyperparameters from ``sqrt_point``)."""
     pt = sqrt_point(make_flow("rmsprop", lr=lr, alpha=alpha, eps=eps), h)
-    flow = make_flow("rmsprop", lr=pt.lr, alpha=pt.alpha, eps=pt.eps)
-    return _replica_moments(flow, a, sigma, pt.noise_scale, x0, T, h, replicas, seed)
+    return _replica_moments(pt.flow, a, sigma, pt.noise_scale, x0, T, h, replicas, seed)
 
 
 def sqrt_path_study(hs=None, T: float = 2.0, replicas: int = 20000, lr: float = 0.5,
@@ -335,8 +334,7 @@ def adam_sqrt_discrete(a, sigma, x0, lr: float, betas: tuple[float, float], eps:
     if not isinstance(replicas, int) or replicas < 2:
         raise ValueError(f"replicas must be an integer in [2, inf), got {replicas!r}")
     pt = sqrt_point(make_flow("adam", lr=lr, betas=betas, eps=eps), h)
-    flow = make_flow("adam", lr=pt.lr, betas=pt.betas, eps=pt.eps)
-    return _replica_moments(flow, a_, s_, pt.noise_scale, x0_, T, h, replicas, seed)
+    return _replica_moments(pt.flow, a_, s_, pt.noise_scale, x0_, T, h, replicas, seed)
 
 
 def _replica_moments(flow, a, sigma, noise_scale: float, x0, T: float, h: float,

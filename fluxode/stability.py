@@ -1,21 +1,20 @@
 """Linear stability of the discrete optimizers on a quadratic L = ½λw².
 
 On a quadratic the discrete map (the partitioned Euler step at h = 1, i.e. torch.optim) is
-linear in the dynamic state z = (W, momentum buffers). Its one-step matrix M is built by
-applying ``fluxode.discretize.euler_step_`` to the basis states, and the iteration diverges
-exactly when the spectral radius ρ(M) > 1. The largest stable lr is found by bisection on
-ρ(M(lr)) ≤ 1 and compared with the closed forms (curvature λ):
+linear in the dynamic state z = (W, momentum buffers) once the states a flow names in
+``Flow.frozen_states()`` are held fixed (the preconditioner v of Adam/RMSprop, with the
+bias-correction clocks at 1). Its one-step matrix M is built by applying
+``fluxode.discretize.euler_step_`` to the basis states, and the iteration diverges exactly
+when the spectral radius ρ(M) > 1. The largest stable lr is found by bisection on
+ρ(M(lr)) ≤ 1 and compared with the flow's closed form ``Flow.stable_lr(λ, v)``, e.g.
 
     GD                   lr < 2/λ
-    heavy ball μ, d      lr < (2 + 2μ)/((1-d)·λ)         (z_{k+1} = (1+μ-lrλ')z_k - μz_{k-1})
+    heavy ball μ, d      lr < (2 + 2μ)/((1-d)·λ)
     Nesterov μ           lr < (2 + 2μ)/((1 + 2μ)·λ)
     RMSprop, momentum μ  lr < (2 + 2μ)/a                   a = λ/(√v + ε), v frozen
     Adam β₁              lr < (2 + 2β₁)/((1-β₁)·a)         a = λ/(√v̂ + ε), v̂ frozen, late time
 
-Adam with a frozen preconditioner P = 1/(√v̂ + ε) and bias corrections → 1 is
-m ← β₁m + (1-β₁)λw, w ← w - lr·P·m: heavy ball with momentum β₁ on the curvature
-(1-β₁)·a, so the heavy-ball bound with λ' = (1-β₁)a gives the Adam bound (Cohen et al.
-2022's "adaptive edge of stability", 38/lr for β₁ = 0.9, on the preconditioned sharpness).
+(derivations in the flows' docstrings). This module is generic: it asks the flow.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ from .flows import Flow, make_flow
 from .flows.base import Block, Envelope
 from .flows.rates import Linear
 
-FROZEN = {"adam": ("v",), "adamw": ("v",), "rmsprop": ("v",)}
 LATE = 1e9  # step-clock time at which the bias-correction clocks are 1 to double precision
 
 
@@ -62,23 +60,27 @@ class Frozen(Flow):
         return out
 
 
-def _checked(flow: Flow) -> Flow:
-    if flow.name not in ("sgd", "adam", "rmsprop"):
-        raise ValueError(f"stability analysis supports sgd, adam, rmsprop; got {flow.name!r}")
-    if flow.weight_decay or flow.maximize or flow.max_grad_norm is not None:
-        raise ValueError("stability analysis is for weight_decay=0, maximize=False, no clipping")
-    if getattr(flow, "amsgrad", False) or getattr(flow, "centered", False):
-        raise ValueError("stability analysis excludes amsgrad and centered variants")
-    frozen = FROZEN.get(flow.name, ())
-    return Frozen(flow, frozen) if frozen else flow
+def _checked(flow: Flow) -> tuple[Flow, tuple[str, ...]]:
+    """(the flow with its frozen states held constant, those states); refuses flows and
+    variants without a linear stability analysis (``Flow.frozen_states``)."""
+    frozen = tuple(flow.frozen_states())
+    return (Frozen(flow, frozen) if frozen else flow), frozen
+
+
+def _flow(name: str | Flow, lr: float | None = None, **hyperparameters) -> Flow:
+    """A registered flow by name, or a ready-made flow (with ``lr`` replaced when given)."""
+    if isinstance(name, Flow):
+        flow = make_flow(name, **hyperparameters)
+        return flow if lr is None else flow.replace(lr=lr)
+    return make_flow(name, **hyperparameters) if lr is None else \
+        make_flow(name, lr=lr, **hyperparameters)
 
 
 def one_step_matrix(flow: Flow, lam: float, v: float = 1.0) -> np.ndarray:
-    """M with z_{k+1} = M z_k on L = ½λw², z = (W, dynamic auxiliaries); ``v`` is the frozen
-    second moment of Adam/RMSprop (clocks at 1)."""
-    flow = _checked(flow)
+    """M with z_{k+1} = M z_k on L = ½λw², z = (W, dynamic auxiliaries); ``v`` is the value
+    of the frozen states (Adam/RMSprop's second moment; clocks at 1)."""
+    flow, frozen = _checked(flow)
     lam = float(lam)
-    frozen = FROZEN.get(flow.name, ())
     dynamic = ["W"] + [n for n in flow.vectors if n not in frozen]
     cols = []
     for j in range(len(dynamic)):
@@ -97,14 +99,14 @@ def spectral_radius(flow: Flow, lam: float, v: float = 1.0) -> float:
     return float(np.abs(np.linalg.eigvals(one_step_matrix(flow, lam, v))).max())
 
 
-def max_stable_lr(name: str, lam: float, v: float = 1.0, rtol: float = 1e-10,
+def max_stable_lr(name: str | Flow, lam: float, v: float = 1.0, rtol: float = 1e-10,
                   **hyperparameters) -> float:
     """Largest lr with ρ(M(lr)) ≤ 1, by bisection (the stable set is an interval (0, lr*))."""
     lam = _positive("lam", lam)
     _positive("v", v)
 
     def stable(lr):
-        return spectral_radius(make_flow(name, lr=lr, **hyperparameters), lam, v) <= 1 + 1e-12
+        return spectral_radius(_flow(name, lr, **hyperparameters), lam, v) <= 1 + 1e-12
 
     lo, hi = 0.0, 1.0 / lam
     while stable(hi):
@@ -117,40 +119,29 @@ def max_stable_lr(name: str, lam: float, v: float = 1.0, rtol: float = 1e-10,
     return lo
 
 
-def formula_lr(name: str, lam: float, v: float = 1.0, **hp) -> float:
-    """The closed-form largest stable lr (module docstring)."""
+def formula_lr(name: str | Flow, lam: float, v: float = 1.0, **hp) -> float:
+    """The closed-form largest stable lr, as the flow states it (``Flow.stable_lr``)."""
     lam = _positive("lam", lam)
-    flow = make_flow(name, **hp)
+    flow = _flow(name, **hp)
     _checked(flow)
-    if flow.name == "sgd":
-        mu, d = flow.momentum, flow.dampening
-        if flow.nesterov:
-            return (2 + 2 * mu) / ((1 + 2 * mu) * lam)
-        return (2 + 2 * mu) / ((1 - d) * lam) if mu else 2 / lam
-    a = lam / (math.sqrt(v) + flow.eps)
-    if flow.name == "rmsprop":
-        return (2 + 2 * flow.momentum) / a
-    b1 = flow.betas[0]
-    return (2 + 2 * b1) / ((1 - b1) * a)
+    return flow.stable_lr(lam, v)
 
 
 def max_stable_sharpness(flow: Flow) -> float:
-    """The largest curvature λ the flow's discrete map tolerates at its lr: 2/lr for GD,
-    (2+2μ)/lr for heavy ball, (2+2μ)/((1+2μ)lr) for Nesterov (the edge of stability)."""
-    if flow.name != "sgd":
-        raise ValueError(f"max_stable_sharpness is for sgd flows, got {flow.name!r}")
-    return formula_lr("sgd", 1.0, **{k: v for k, v in flow.hyperparameters().items()
-                                     if k in ("momentum", "dampening", "nesterov")}) / flow.lr
+    """The largest curvature λ the flow's discrete map tolerates at its lr, as the flow states
+    it (``Flow.max_stable_sharpness``; SGD: 2/lr for GD, (2+2μ)/lr for heavy ball,
+    (2+2μ)/((1+2μ)lr) for Nesterov: the edge of stability)."""
+    return flow.max_stable_sharpness()
 
 
-def diverges(name: str, lam: float, lr: float, steps: int = 3000, v: float = 1.0,
+def diverges(name: str | Flow, lam: float, lr: float, steps: int = 3000, v: float = 1.0,
              **hp) -> bool:
-    """Iterate the real discrete map from w = 1 on L = ½λw² (frozen v for Adam/RMSprop) and
-    report whether |w| grew past its start (a direct check of the bisection's verdict)."""
-    flow = _checked(make_flow(name, lr=lr, **hp))
+    """Iterate the real discrete map from w = 1 on L = ½λw² (frozen states at v) and report
+    whether |w| grew past its start (a direct check of the bisection's verdict)."""
+    flow, frozen = _checked(_flow(name, lr, **hp))
     S = flow.init(torch.ones(1, dtype=torch.float64))
     for k in range(steps):
-        for n in FROZEN.get(flow.name, ()):
+        for n in frozen:
             S[n].fill_(v)
         euler_step_(flow, LATE + k, S, lam * S["W"].clone())
         if not torch.isfinite(S["W"]).all():

@@ -168,3 +168,44 @@ def test_field_written_in_place_equals_the_returned_field(name):
     fresh = vector_field(flow, 3.0, layout.views(y), g, A)
     for n, view in layout.views(out).items():
         assert torch.equal(view, fresh[n].reshape(view.shape)), n
+
+
+# --- capabilities: a flow states what it knows, and refuses the rest by name ------------------
+@pytest.mark.parametrize("capability, call, match", [
+    ("betas-fixed limit", lambda f: f.limit("betas-fixed"), "declares no betas-fixed limit"),
+    ("sqrt path", lambda f: f.sqrt_point(0.5), "declares no sqrt path"),
+    ("modified flow", lambda f: f.modified(0.5, "rates"), "declares no modified flow"),
+    ("stability", lambda f: f.frozen_states(), "declares none"),
+    ("threshold", lambda f: f.stable_lr(1.0), "declares no closed-form stability"),
+    ("sharpness", lambda f: f.max_stable_sharpness(), "declares no maximal stable sharpness"),
+    ("fused step", lambda f: f.fused_step_(0.0, {}, None, backend="fused"), "no fused step"),
+    ("fused field", lambda f: f.fused_field_into(0.0, {}, None, {}, backend="fused"),
+     "no fused field"),
+])
+def test_a_flow_without_a_capability_refuses_it_by_name(capability, call, match):
+    flow = make_flow("adagrad")
+    with pytest.raises(ValueError, match=match) as err:
+        call(flow)
+    assert "'adagrad'" in str(err.value), capability
+
+
+def test_default_capabilities_that_are_none():
+    flow = make_flow("adagrad")
+    assert flow.limit("rates") is flow
+    assert flow.jump_times(10.0) == []
+    assert flow.fused_step_(0.0, {}, None) is False            # backend "auto": no kernel
+    assert flow.fused_field_into(0.0, {}, None, {}) is False
+    with pytest.raises(ValueError, match="SDE"):
+        flow.limit("sqrt")
+
+
+def test_declared_capabilities_of_the_classic_flows():
+    sgd = make_flow("sgd", lr=0.1, momentum=0.9)
+    assert sgd.frozen_states() == () and sgd.stable_lr(2.0) == pytest.approx(3.8 / 2.0)
+    assert sgd.max_stable_sharpness() == pytest.approx(38.0)
+    assert make_flow("adam").frozen_states() == ("v",)
+    assert make_flow("rmsprop").frozen_states() == ("v",)
+    adam = make_flow("adam", lr=0.1, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.01)
+    pt = adam.sqrt_point(0.25)
+    assert type(pt.flow) is type(adam) and pt.flow.weight_decay == 0.01
+    assert pt.lr == pytest.approx(0.05) and pt.betas == pytest.approx((0.975, 0.9975))

@@ -460,3 +460,56 @@ def test_integrators_use_the_fused_field():
     finally:
         K.adam_field = real
     assert calls and torch.equal(ref.W, fused.W)
+
+
+# ------------------------------------------------- flows carry their own fused kernels
+
+def test_flow_step_and_field_call_the_flows_own_kernel():
+    """fluxode.kernels.flow_step_/flow_field_into ask the flow (no name dispatch): a user flow
+    with a fused step is used; the reference backend never calls it."""
+    import fluxode.kernels as K
+    from fluxode.flows import SGD
+
+    class Counted(SGD):
+        name = "counted-sgd"
+
+        def __init__(self, **hp):
+            super().__init__(**hp)
+            self.calls = []
+
+        def fused_step_(self, tau, S, g, h=1.0, backend="auto"):
+            self.calls.append(("step", tau, backend))
+            S["W"].sub_(g, alpha=self.eta(tau))
+            return True
+
+        def fused_field_into(self, tau, S, g, out, backend="auto"):
+            self.calls.append(("field", tau, backend))
+            torch.mul(g, -self.eta(tau), out=out["W"])
+            return True
+
+    flow = Counted(lr=0.5)
+    S, g = {"W": torch.ones(3)}, torch.full((3,), 2.0)
+    assert K.flow_step_(flow, 0.0, S, g, backend="fused")
+    assert torch.equal(S["W"], torch.zeros(3))
+    out = {"W": torch.empty(3)}
+    assert K.flow_field_into(flow, 1.0, S, g, out, backend="auto")
+    assert torch.equal(out["W"], torch.full((3,), -1.0))
+    assert not K.flow_step_(flow, 0.0, S, g, backend="reference")
+    assert not K.flow_field_into(flow, 0.0, S, g, out, backend="reference")
+    assert flow.calls == [("step", 0.0, "fused"), ("field", 1.0, "auto")]
+
+
+def test_flows_without_a_fused_kernel_refuse_backend_fused_by_name():
+    import fluxode.kernels as K
+    from fluxode.flows import make_flow
+    S, g = {"W": torch.zeros(3)}, torch.ones(3)
+    with pytest.raises(ValueError, match="no fused step for flow 'adagrad'"):
+        K.flow_step_(make_flow("adagrad"), 0.0, S, g, backend="fused")
+    assert not K.flow_step_(make_flow("adagrad"), 0.0, S, g, backend="auto")
+    with pytest.raises(ValueError, match="no fused field for flow 'rmsprop'"):
+        K.flow_field_into(make_flow("rmsprop"), 0.0, S, g, {}, backend="fused")
+    with pytest.raises(ValueError, match="no fused field for flow 'adam' with amsgrad"):
+        K.flow_field_into(make_flow("adam", amsgrad=True), 0.0, S, g, {}, backend="fused")
+    adam = make_flow("adam")
+    S = adam.init(torch.zeros(3))
+    assert not K.flow_step_(adam, 0.0, S, g, h=0.5, backend="fused")  # h ≠ 1: no kernel

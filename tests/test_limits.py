@@ -8,8 +8,9 @@ import torch
 
 from fluxode import limits as L
 from fluxode import paths as P
-from fluxode.flows import make_flow
+from fluxode.flows import Block, Flow, make_flow
 from fluxode.flows.modified import ModifiedSGD, SignFlow
+from fluxode.flows.rates import Linear, Term, Toward
 from fluxode.problems import make_problem
 
 HS = [0.125 / 2 ** j for j in range(5)]
@@ -186,3 +187,53 @@ def test_demo_error_vs_h_writes_figure_and_orders(tmp_path):
     assert (tmp_path / "error_vs_h.json").exists()
     assert rec["plain"]["order"] == pytest.approx(1.0, abs=0.1)
     assert rec["modified"]["order"] == pytest.approx(2.0, abs=0.15)
+
+
+# --- capabilities: the analysis asks the flow, never its name --------------------------------
+class _EMAMomentum(Flow):
+    """A user flow: ḃ = (1-μ)(g - b), Ẇ = -η·b (β-style momentum), unknown to fluxode."""
+
+    name = "ema-momentum"
+    vectors = ("b",)
+
+    def __init__(self, lr=0.1, momentum=0.9):
+        super().__init__(lr)
+        self.momentum = momentum
+        self.limit_calls = []
+
+    def blocks(self):
+        return [Block(("b",), lambda tau, S, g: (Toward(1 - self.momentum, g),)),
+                Block(("W",), lambda tau, S, g: (Linear((Term(-self.eta(tau), S["b"]),)),))]
+
+    def equations(self):
+        return ["ḃ = (1-μ)(g - b)", "Ẇ = -η·b"]
+
+    def limit(self, path="rates"):
+        """betas-fixed: b is slaved to g, so Ẇ = -lr·g (gradient flow)."""
+        self.limit_calls.append(path)
+        if path == "betas-fixed":
+            return make_flow("sgd", lr=self.lr)
+        return super().limit(path)
+
+
+def test_a_user_flow_states_its_own_betas_fixed_limit():
+    flow = _EMAMomentum(lr=0.1, momentum=0.5)
+    lim = P.limit_flow(flow, "betas-fixed")
+    assert lim.name == "sgd" and lim.lr == 0.1 and flow.limit_calls == ["betas-fixed"]
+    assert P.betas_fixed_limit(flow) is not None and P.limit_flow(flow) is flow
+    s = L.sweep(flow, "quadratic", T=2.0, hs=[0.125, 0.0625, 0.03125, 0.015625],
+                path="betas-fixed")
+    assert s.order == pytest.approx(1.0, abs=0.1)
+    with pytest.raises(ValueError, match="declares no modified flow"):
+        L.modified_flow(flow, 0.1, "betas-fixed")
+
+
+def test_limits_of_flows_without_them_are_refused_by_name():
+    with pytest.raises(ValueError, match="flow 'newton' declares no betas-fixed limit"):
+        P.limit_flow(make_flow("newton"), "betas-fixed")
+    with pytest.raises(ValueError, match="flow 'newton' declares no sqrt path"):
+        P.sqrt_point(make_flow("newton"), 0.5)
+    with pytest.raises(ValueError, match="flow 'adam' declares no modified flow"):
+        L.modified_flow(make_flow("adam"), 0.5, "betas-fixed")
+    with pytest.raises(ValueError, match="constant lr"):
+        P.limit_flow(make_flow("sgd", schedule="cosine:100"), "betas-fixed")

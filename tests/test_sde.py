@@ -153,3 +153,15 @@ def test_torchsde_integration_of_the_adam_sde_matches_its_moment_odes():
     se_var = v * np.sqrt(2 / (R - 1))
     assert np.all(np.abs(th.mean(0) - m) < 4 * se_mean), (th.mean(0), m)
     assert np.all(np.abs(th.var(0) - v) < 4 * se_var), (th.var(0), v)
+
+
+def test_sqrt_points_are_stated_by_the_flows():
+    from fluxode import paths as P
+    pt = P.sqrt_point(make_flow("rmsprop", lr=0.1, alpha=0.9, eps=1e-4), 0.25)
+    assert pt.flow.name == "rmsprop" and pt.noise_scale == pytest.approx(4.0)
+    assert pt.lr == pytest.approx(0.05) and pt.alpha == pytest.approx(0.975)
+    assert pt.eps == pytest.approx(2e-4)
+    with pytest.raises(AttributeError, match="betas"):
+        pt.betas
+    with pytest.raises(ValueError, match="flow 'adagrad' declares no sqrt path"):
+        P.sqrt_point(make_flow("adagrad"), 0.5)

@@ -83,3 +83,23 @@ def test_edge_of_stability_and_a_run_below_it():
     ratios = np.array(below["sharpness"]) / below["threshold"]
     assert ratios.max() < 0.5                         # never reaches 2/η = 20
     assert np.all(np.diff(below["loss"]) < 0)         # monotone descent below the edge
+
+
+# --- capabilities: thresholds come from the flow, for a registered name or a flow instance ---
+def test_stability_takes_a_flow_instance_and_asks_it():
+    flow = make_flow("sgd", lr=0.3, momentum=0.9)
+    assert St.formula_lr(flow, 2.0) == pytest.approx(3.8 / 2.0, rel=1e-12)
+    assert St.max_stable_lr(flow, 2.0) == pytest.approx(3.8 / 2.0, rel=1e-8)
+    assert St.diverges(flow, 2.0, 1.01 * 1.9) and not St.diverges(flow, 2.0, 0.99 * 1.9)
+    assert St.max_stable_sharpness(flow) == pytest.approx(3.8 / 0.3)
+    adamw = make_flow("adamw", weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
+    assert St.formula_lr(adamw, 10.0, v=4e-2) == St.formula_lr("adam", 10.0, v=4e-2)
+
+
+def test_flows_without_a_threshold_refuse_by_name():
+    with pytest.raises(ValueError, match="flow 'adam' declares no maximal stable sharpness"):
+        St.max_stable_sharpness(make_flow("adam"))
+    with pytest.raises(ValueError, match="flow 'newton' declares none"):
+        St.max_stable_lr("newton", 1.0)
+    with pytest.raises(ValueError, match="amsgrad"):
+        St.one_step_matrix(make_flow("adam", amsgrad=True), 1.0)

@@ -7,14 +7,29 @@
 
 One Euler step of size 1 of the clock gives c₁ = 1 - β₁ᵏ, torch's bias correction. At τ = 0
 the quotients m/c₁ and v/c₂ are 0/0; their limits are g and g².
+
+Capabilities (``fluxode.flows.capabilities``):
+
+    betas-fixed limit   m → g, v → g², c → 1:  Ẇ = -η·[g/(|g| + ε) + λ·W]   (``SignFlow``)
+    sqrt path at h      lr·√h, β → 1 - h(1-β), ε/√h, Σ → Σ/h          (Malladi et al. 2022)
+    stability on ½λw²   with P = 1/(√v̂ + ε) frozen and the clocks at 1, Adam is
+                        m ← β₁m + (1-β₁)λw, w ← w - lr·P·m: heavy ball with momentum β₁ on
+                        the curvature (1-β₁)·a, a = λ/(√v + ε), so
+                          lr* = (2 + 2β₁)/((1-β₁)·a)
+                        (Cohen et al. 2022's adaptive edge of stability: 38/lr for β₁ = 0.9)
+    fused kernels       ``fluxode.kernels.adam_step_`` (step), ``adam_field`` (field)
 """
 
 from __future__ import annotations
+
+import math
 
 from torch import Tensor
 
 from .. import validation as check
 from .base import Block, Envelope, Flow
+from .capabilities import SqrtPoint
+from .modified import SignFlow
 from .rates import Clock, Linear, Term, Toward
 
 
@@ -87,6 +102,70 @@ class Adam(Flow):
         eqs.append(f"Ẇ  = -η(τ)·[(m/c₁)/(√({vhat}/c₂) + ε){decay}]    ε={self.eps:g}"
                    + (f", λ={self.weight_decay:g}" if decay else ""))
         return eqs
+
+    # --- capabilities ------------------------------------------------------------------------
+    def betas_fixed_limit(self):
+        """Ẇ = -η·[g/(|g| + ε) + λ·W] (λ: AdamW's decoupled decay): m → g, v → g², c → 1."""
+        self._require_constant_lr("betas-fixed limits")
+        if self.amsgrad:
+            raise ValueError("betas-fixed limit of Adam is derived for amsgrad=False")
+        return SignFlow(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
+                        decoupled=self.decoupled_decay, maximize=self.maximize)
+
+    def sqrt_point(self, h):
+        """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, Σ → Σ/h."""
+        h, r = self._path_step(h)
+        b1, b2 = self.betas
+        return SqrtPoint(self.replace(lr=self.lr * r, betas=(1 - h * (1 - b1), 1 - h * (1 - b2)),
+                                      eps=self.eps / r), 1.0 / h)
+
+    def frozen_states(self):
+        """v (the preconditioner); the clocks are held at 1 (late time)."""
+        self._require_linear_map()
+        if self.amsgrad:
+            raise ValueError("stability analysis excludes amsgrad and centered variants")
+        return ("v",)
+
+    def stable_lr(self, lam, v=1.0):
+        """(2 + 2β₁)/((1-β₁)·a),  a = λ/(√v + ε)."""
+        self.frozen_states()
+        a = lam / (math.sqrt(v) + self.eps)
+        b1 = self.betas[0]
+        return (2 + 2 * b1) / ((1 - b1) * a)
+
+    def fused_step_(self, tau, S, g, h=1.0, backend="auto"):
+        """torch's step k = τ + 1 through ``fluxode.kernels.adam_step_``; c₁, c₂ ← 1 - βᵢᵏ."""
+        from .. import kernels
+
+        if h != 1.0:
+            return False
+        flat = kernels.flat_state(S, g, backend, self.clocks)
+        if flat is None:
+            return False
+        F, g = flat
+        k = round(float(tau)) + 1
+        kernels.adam_step_(F["W"], g, F["m"], F["v"], step=k, lr=self.eta(tau),
+                           betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                           decoupled=self.decoupled_decay, amsgrad=self.amsgrad,
+                           vmax=F.get("vmax"), maximize=self.maximize, backend=backend)
+        S["c1"].fill_(1 - self.betas[0] ** float(k))
+        S["c2"].fill_(1 - self.betas[1] ** float(k))
+        return True
+
+    def fused_field_into(self, tau, S, g, out, backend="auto"):
+        """(dW, dm, dv, dc₁, dc₂) in one pass through ``fluxode.kernels.adam_field``."""
+        from .. import kernels
+
+        if self.amsgrad:
+            return self._no_fused("field", backend, " with amsgrad")
+        _, _, _, dc1, dc2 = kernels.adam_field(
+            S["W"], S["m"], S["v"], float(S["c1"]), float(S["c2"]), g, lr=self.eta(tau),
+            betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+            decoupled=self.decoupled_decay, maximize=self.maximize,
+            out=(out["W"], out["m"], out["v"]), backend=backend)
+        out["c1"].fill_(dc1)
+        out["c2"].fill_(dc2)
+        return True
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,

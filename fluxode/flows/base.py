@@ -35,6 +35,7 @@ from torch import Tensor
 
 from .. import schedules
 from .. import validation as check
+from .capabilities import Capabilities
 from .rates import Rate
 
 State = dict[str, Tensor]
@@ -116,7 +117,7 @@ class Envelope:
     source: str
 
 
-class Flow:
+class Flow(Capabilities):
     """Base class. Subclasses set the class attributes and implement ``blocks``/``equations``."""
 
     name: ClassVar[str]

@@ -19,7 +19,8 @@ p₀ = -sμ/(1-μ)²·g₀. So the modified flow is started from the shifted poi
 and the discrete iterates then follow it to O(s²) once μᵏ is negligible (at τ = T: μ^{T/h}).
 The maximum error over [0, T] still sees the O(s) parasitic mode in the first few steps.
 
-Betas-fixed limit of Adam/RMSprop (``fluxode.paths``): the moments are slaved, m → g, v → g²,
+Betas-fixed limit of Adam/RMSprop (``Adam.betas_fixed_limit``, ``RMSprop.betas_fixed_limit``,
+used by ``fluxode.paths``): the moments are slaved, m → g, v → g²,
 
     Ẇ = -η(τ)·[g/(|g| + ε) + λ·W]        (λ: decoupled decay only; a sign flow as ε → 0)
 """

@@ -5,12 +5,24 @@
     a = √(v - ḡ²) + ε    (centered)   or   √v + ε
     ḃ = g/a - (1-μ)·b,   Ẇ = -η(τ)·b          (momentum μ > 0)
     Ẇ = -η(τ)·g/a                              (μ = 0)
+
+Capabilities (``fluxode.flows.capabilities``):
+
+    betas-fixed limit   v → g², b → g/(a(1-μ)):  Ẇ = -η/(1-μ)·g/(|g| + ε)   (``SignFlow``)
+    sqrt path at h      lr·√h, α → 1 - h(1-α), ε/√h, Σ → Σ/h          (Malladi et al. 2022)
+    stability on ½λw²   with v frozen, RMSprop is heavy ball with momentum μ on the
+                        curvature a = λ/(√v + ε):  lr* = (2 + 2μ)/a
+    fused kernels       ``fluxode.kernels.rmsprop_step_`` (step; no fused field)
 """
 
 from __future__ import annotations
 
+import math
+
 from .. import validation as check
 from .base import Block, Flow
+from .capabilities import SqrtPoint
+from .modified import SignFlow
 from .rates import Linear, Term, Toward
 
 
@@ -75,6 +87,51 @@ class RMSprop(Flow):
         else:
             eqs += ["Ẇ  = -η(τ)·g/a"]
         return eqs
+
+    # --- capabilities ------------------------------------------------------------------------
+    def betas_fixed_limit(self):
+        """Ẇ = -η/(1-μ)·g/(|g| + ε): v → g², the momentum buffer → g/(a(1-μ))."""
+        self._require_constant_lr("betas-fixed limits")
+        if self.centered:
+            raise ValueError("betas-fixed limit of RMSprop is derived for centered=False")
+        return SignFlow(lr=self.lr / (1 - self.momentum), eps=self.eps,
+                        weight_decay=self.weight_decay, maximize=self.maximize)
+
+    def sqrt_point(self, h):
+        """lr → √h·lr, α → 1 - h(1-α), ε → ε/√h, Σ → Σ/h."""
+        h, r = self._path_step(h)
+        return SqrtPoint(self.replace(lr=self.lr * r, alpha=1 - h * (1 - self.alpha),
+                                      eps=self.eps / r), 1.0 / h)
+
+    def frozen_states(self):
+        """v (the preconditioner)."""
+        self._require_linear_map()
+        if self.centered:
+            raise ValueError("stability analysis excludes amsgrad and centered variants")
+        return ("v",)
+
+    def stable_lr(self, lam, v=1.0):
+        """(2 + 2μ)/a,  a = λ/(√v + ε)."""
+        self.frozen_states()
+        a = lam / (math.sqrt(v) + self.eps)
+        return (2 + 2 * self.momentum) / a
+
+    def fused_step_(self, tau, S, g, h=1.0, backend="auto"):
+        """torch's step through ``fluxode.kernels.rmsprop_step_``."""
+        from .. import kernels
+
+        if h != 1.0:
+            return False
+        flat = kernels.flat_state(S, g, backend, self.clocks)
+        if flat is None:
+            return False
+        F, g = flat
+        kernels.rmsprop_step_(F["W"], g, F["v"], lr=self.eta(tau), alpha=self.alpha,
+                              eps=self.eps, weight_decay=self.weight_decay,
+                              momentum=self.momentum, centered=self.centered,
+                              grad_avg=F.get("gbar"), momentum_buf=F.get("b"),
+                              maximize=self.maximize, backend=backend)
+        return True
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps,

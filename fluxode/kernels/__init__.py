@@ -30,8 +30,7 @@ from .. import validation as check
 from ._checks import as_scalar, check_buffers, check_step
 
 __all__ = ["adam_step_", "rmsprop_step_", "adam_field", "flatten", "triton_available",
-           "flow_step_", "flow_field_into"]
-ADAM_FAMILY = ("adam", "adamw")
+           "flow_step_", "flow_field_into", "flat_state"]
 
 
 def triton_available() -> bool:
@@ -167,63 +166,34 @@ def flatten(tensors: Sequence[torch.Tensor], dtype: torch.dtype | None = None
     return flat, views
 
 
-# --- flows → kernels: where a fused kernel applies to a flow's step or field ---------------------
+# --- flows → kernels: each flow runs its own fused kernel (``Flow.fused_step_``) -------------
 
-def _fused_applies(flow, backend: str, *, field: bool) -> bool:
-    check.backend(backend)
-    ok = flow.name in ADAM_FAMILY + (() if field else ("rmsprop",))
-    ok = ok and not (field and flow.amsgrad)
-    if backend == "fused" and not ok:
-        what = "field" if field else "step"
-        raise ValueError(f"backend='fused' has no fused {what} for flow {flow.name!r}"
-                         + (" with amsgrad" if flow.name in ADAM_FAMILY else "")
-                         + "; use backend='auto' or 'reference'")
-    return backend != "reference" and ok
+def flat_state(S: dict, g: torch.Tensor, backend: str, clocks=()):
+    """(flat 1-D views of the states but the scalar ``clocks``, flat g) for a fused kernel, or
+    None when a tensor is not contiguous (backend='fused' then raises)."""
+    if not all(t.is_contiguous() for t in (g, *S.values())):
+        if backend == "fused":
+            raise ValueError("backend='fused' needs contiguous parameters, gradients and states")
+        return None
+    return {n: t.view(-1) for n, t in S.items() if n not in clocks}, g.view(-1)
 
 
 def flow_step_(flow, tau: float, S: dict, g: torch.Tensor, h: float = 1.0,
                backend: str = "auto") -> bool:
-    """The discrete step of ``flow`` at τ (h = 1) through a fused kernel, in place on S.
-
-    Returns False when no fused kernel applies (backend "reference", h ≠ 1, or a flow other
-    than Adam/AdamW/RMSprop): the caller then runs the core discretizer."""
-    if not _fused_applies(flow, backend, field=False) or h != 1.0:
+    """The discrete step of ``flow`` at τ through its fused kernel (``flow.fused_step_``), in
+    place on S. Returns False when none applies (backend "reference", h ≠ 1, a flow without
+    one): the caller then runs the core discretizer. backend='fused' with a flow that has no
+    fused step raises a ValueError."""
+    if check.backend(backend) == "reference":
         return False
-    if not all(t.is_contiguous() for t in (g, *S.values())):
-        if backend == "fused":
-            raise ValueError("backend='fused' needs contiguous parameters, gradients and states")
-        return False
-    lr = flow.eta(tau)
-    clocks = {n: S[n] for n in flow.clocks}
-    S = {n: t.view(-1) for n, t in S.items() if n not in clocks}
-    g = g.view(-1)
-    if flow.name in ADAM_FAMILY:
-        k = round(float(tau)) + 1
-        adam_step_(S["W"], g, S["m"], S["v"], step=k, lr=lr, betas=flow.betas, eps=flow.eps,
-                   weight_decay=flow.weight_decay, decoupled=flow.decoupled_decay,
-                   amsgrad=flow.amsgrad, vmax=S.get("vmax"), maximize=flow.maximize,
-                   backend=backend)
-        clocks["c1"].fill_(1 - flow.betas[0] ** float(k))
-        clocks["c2"].fill_(1 - flow.betas[1] ** float(k))
-    else:
-        rmsprop_step_(S["W"], g, S["v"], lr=lr, alpha=flow.alpha, eps=flow.eps,
-                      weight_decay=flow.weight_decay, momentum=flow.momentum,
-                      centered=flow.centered, grad_avg=S.get("gbar"), momentum_buf=S.get("b"),
-                      maximize=flow.maximize, backend=backend)
-    return True
+    return bool(flow.fused_step_(tau, S, g, h=h, backend=backend))
 
 
 def flow_field_into(flow, tau: float, S: dict, g: torch.Tensor, out: dict,
                     backend: str = "auto") -> bool:
-    """out ← the continuous field of an Adam/AdamW flow in one fused pass; False when no
-    fused field applies (then the caller evaluates ``fluxode.discretize.vector_field``)."""
-    if not _fused_applies(flow, backend, field=True):
+    """out ← the continuous field of ``flow`` through its fused kernel
+    (``flow.fused_field_into``); False when none applies (then the caller evaluates
+    ``fluxode.discretize.vector_field``)."""
+    if check.backend(backend) == "reference":
         return False
-    _, _, _, dc1, dc2 = adam_field(
-        S["W"], S["m"], S["v"], float(S["c1"]), float(S["c2"]), g, lr=flow.eta(tau),
-        betas=flow.betas, eps=flow.eps, weight_decay=flow.weight_decay,
-        decoupled=flow.decoupled_decay, maximize=flow.maximize,
-        out=(out["W"], out["m"], out["v"]), backend=backend)
-    out["c1"].fill_(dc1)
-    out["c2"].fill_(dc2)
-    return True
+    return bool(flow.fused_field_into(tau, S, g, out, backend=backend))

@@ -1,14 +1,17 @@
-"""Reference kernels: the core discretizer itself, on flat buffers.
+"""Reference kernels: the core discretizer itself, on flat buffers, for any flow.
 
-``backend="reference"`` is fluxode's generic partitioned Euler step (``fluxode.discretize``)
-over the Adam/AdamW/RMSprop flows, which equals torch.optim's single-tensor step bit for bit;
-the fused CPU path and the Triton kernels are tested against it. Buffers are flat 1-D. When W
-is bfloat16 the update is computed on a float32 copy of W (states are float32) and rounded
-back to bfloat16 once, round to nearest even ("fp32 master math, one rounding per step").
+``backend="reference"`` is fluxode's generic partitioned Euler step (``fluxode.discretize``),
+which equals torch.optim's single-tensor step bit for bit; the fused CPU path and the Triton
+kernels are tested against it. ``step_(flow, τ, S, g)`` and ``field(flow, τ, S, g)`` take the
+flow itself. Buffers are flat 1-D. When W is bfloat16 the update is computed on a float32
+copy of W (states are float32) and rounded back to bfloat16 once, round to nearest even
+("fp32 master math, one rounding per step").
 
-The equations are the flows' (``fluxode flows``): Adam/AdamW step k (k ≥ 1) is the Euler
-step from τ = k-1 with the clocks c_i = 1 - β_iᵏ; RMSprop likewise; the field is
-``fluxode.discretize.vector_field``.
+The keyword entry points ``adam_step_``, ``rmsprop_step_``, ``adam_field`` (the kernel API of
+``fluxode.kernels``, shared with the CPU and Triton backends) describe the optimizer by its
+numbers; they build its flow (``Adam``/``AdamW``/``RMSprop``) and call the generic pair.
+Adam/AdamW step k (k ≥ 1) is the Euler step from τ = k-1 with the clocks c_i = 1 - β_iᵏ⁻¹;
+the equations are the flows' (``fluxode flows``).
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 import torch
 
 from ..discretize import euler_step_, vector_field
-from ..flows import make_flow
+from ..flows.adam import Adam, AdamW
+from ..flows.rmsprop import RMSprop
 from ._checks import state_dtype_for
 
 
@@ -30,9 +34,25 @@ def _clock(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float64)
 
 
+def step_(flow, tau: float, S: dict, g: torch.Tensor) -> None:
+    """S ← the partitioned Euler step (h = 1) of ``flow`` at τ, in place; a bfloat16 W is
+    stepped on a float32 copy and rounded back once."""
+    w = S["W"]
+    p = _master(w)
+    euler_step_(flow, tau, {**S, "W": p}, g)
+    if p is not w:
+        w.copy_(p)
+
+
+def field(flow, tau: float, S: dict, g: torch.Tensor) -> dict:
+    """dS/dτ of ``flow`` at (τ, S), with W taken in the state dtype."""
+    return vector_field(flow, tau, {**S, "W": S["W"].to(state_dtype_for(S["W"]))}, g)
+
+
 def _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize):
-    return make_flow("adamw" if decoupled else "adam", lr=lr, betas=(beta1, beta2), eps=eps,
-                     weight_decay=weight_decay, amsgrad=amsgrad, maximize=maximize)
+    cls = AdamW if decoupled else Adam
+    return cls(lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay,
+               amsgrad=amsgrad, maximize=maximize)
 
 
 def adam_step_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
@@ -41,14 +61,11 @@ def adam_step_(w: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
                vmax: torch.Tensor | None, maximize: bool) -> None:
     """One Adam (decoupled=False) or AdamW (decoupled=True) step, in place."""
     flow = _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize)
-    p = _master(w)
-    S = {"W": p, "m": m, "v": v, "c1": _clock(1 - beta1 ** float(step - 1)),
+    S = {"W": w, "m": m, "v": v, "c1": _clock(1 - beta1 ** float(step - 1)),
          "c2": _clock(1 - beta2 ** float(step - 1))}
     if amsgrad:
         S["vmax"] = vmax
-    euler_step_(flow, step - 1, S, g)
-    if p is not w:
-        w.copy_(p)
+    step_(flow, step - 1, S, g)
 
 
 def rmsprop_step_(w: torch.Tensor, g: torch.Tensor, square_avg: torch.Tensor, *,
@@ -56,17 +73,14 @@ def rmsprop_step_(w: torch.Tensor, g: torch.Tensor, square_avg: torch.Tensor, *,
                   centered: bool, grad_avg: torch.Tensor | None,
                   momentum_buf: torch.Tensor | None, maximize: bool) -> None:
     """One RMSprop step (plain, centered, momentum, weight decay), in place."""
-    flow = make_flow("rmsprop", lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
-                     momentum=momentum, centered=centered, maximize=maximize)
-    p = _master(w)
-    S = {"W": p, "v": square_avg}
+    flow = RMSprop(lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay, momentum=momentum,
+                   centered=centered, maximize=maximize)
+    S = {"W": w, "v": square_avg}
     if centered:
         S["gbar"] = grad_avg
     if momentum:
         S["b"] = momentum_buf
-    euler_step_(flow, 0.0, S, g)
-    if p is not w:
-        w.copy_(p)
+    step_(flow, 0.0, S, g)
 
 
 def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2: float,
@@ -76,9 +90,7 @@ def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2:
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any]:
     """(dW, dm, dv, dc1, dc2) of the Adam/AdamW step-clock field; dW is in the state dtype."""
     flow = _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, False, maximize)
-    sdt = state_dtype_for(w)
-    S = {"W": w.to(sdt), "m": m, "v": v, "c1": _clock(c1), "c2": _clock(c2)}
-    d = vector_field(flow, 0.0, S, g)
+    d = field(flow, 0.0, {"W": w, "m": m, "v": v, "c1": _clock(c1), "c2": _clock(c2)}, g)
     dw, dm, dv = d["W"], d["m"], d["v"]
     if out is not None:
         for o, r in zip(out, (dw, dm, dv)):
