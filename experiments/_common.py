@@ -1,13 +1,11 @@
-"""Shared plumbing for the study scripts: --out/--quick arguments, Agg backend, one thread."""
+"""Shared plumbing for the study scripts: --out/--quick arguments, one thread. Figures are
+drawn by ``fluxode.plotting`` (no pyplot, so no backend to choose)."""
 
 import argparse
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import torch  # noqa: E402
+import torch
 
 
 def parse(doc: str) -> argparse.Namespace:

@@ -12,7 +12,8 @@ from _common import done, parse  # noqa: E402
 
 from fluxode.flows import make_flow  # noqa: E402
 from fluxode.io import write_json  # noqa: E402
-from fluxode.limits import plot_sweeps, sweep  # noqa: E402
+from fluxode.limits import sweep  # noqa: E402
+from fluxode.plotting import plot_sweeps  # noqa: E402
 
 args = parse(__doc__)
 n = 4 if args.quick else 6

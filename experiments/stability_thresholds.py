@@ -9,12 +9,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import done, parse  # noqa: E402
 
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fluxode import plotting  # noqa: E402
 from fluxode import stability as S  # noqa: E402
 from fluxode.flows import make_flow  # noqa: E402
-from fluxode.io import save_figure, write_json  # noqa: E402
+from fluxode.io import write_json  # noqa: E402
 
 args = parse(__doc__)
 rows = S.table(lams=(1.0, 100.0) if args.quick else (1.0, 10.0, 100.0))
@@ -24,21 +24,13 @@ v, lam = 1e-2, 1.0
 curves = [("GD", "sgd", {}), ("heavy ball μ=0.9", "sgd", dict(momentum=0.9)),
           ("Nesterov μ=0.9", "sgd", dict(momentum=0.9, nesterov=True)),
           ("Adam β₁=0.9, frozen v", "adam", dict(betas=(0.9, 0.999)))]
-fig, ax = plt.subplots(figsize=(6, 4))
-for (label, name, hp), c in zip(curves, ["C0", "C1", "C2", "C3"]):
+lines = []
+for label, name, hp in curves:
     lr_star = S.formula_lr(name, lam, v=v, **hp)
     x = np.linspace(0.05, 1.5, 150 if args.quick else 400)
     rho = [S.spectral_radius(make_flow(name, lr=f * lr_star, **hp), lam, v) for f in x]
-    ax.plot(x, rho, color=c, label=f"{label}: lr* = {lr_star:.4g}")
-ax.axhline(1, color="k", lw=0.8)
-ax.axvline(1, color="k", ls="--", lw=0.8)
-ax.set_xlabel("lr / formula threshold")
-ax.set_ylabel("spectral radius of the one-step map")
-ax.set_title(f"Linear stability on ½λw², λ = {lam:g} (v = {v:g})")
-ax.set_ylim(0, 2)
-ax.legend(fontsize=8)
-ax.grid(alpha=0.3)
-fig.tight_layout()
-png = save_figure(fig, args.out / "stability_thresholds.png", dpi=130)
+    lines.append({"label": label, "lr_star": lr_star, "x": x, "rho": rho})
+fig = plotting.stability_curves(lines, title=f"Linear stability on ½λw², λ = {lam:g} (v = {v:g})")
+png = plotting.save(fig, args.out / "stability_thresholds.png", dpi=130)
 js = write_json(args.out / "stability_thresholds.json", {"rows": rows, "worst_rel_diff": worst})
 done(args, js, png)

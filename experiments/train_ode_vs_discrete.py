@@ -57,38 +57,9 @@ def run(out: Path, epochs: int, batch_size: int = 64, seed: int = 0) -> dict:
 
 
 def plot(results: dict, path: Path, title: str) -> None:
-    import matplotlib
+    from fluxode import plotting
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 4, figsize=(17, 4))
-    names = list(results)
-    for name, marker in zip(names, "osD^v"):
-        h = results[name]["history"]
-        ep = [r["epoch"] for r in h]
-        kw = {"ls": "--" if "discrete" in name else "-", "marker": marker, "mfc": "none", "label": name}
-        ax[0].semilogy(ep, [r["train_loss"] for r in h], **kw)
-        ax[1].plot(ep, [r["test_accuracy"] for r in h], **kw)
-    ax[0].set_title("training loss (epoch mean)")
-    ax[1].set_title("test accuracy")
-    for a in ax[:2]:
-        a.set_xlabel("epoch")
-        a.grid(alpha=0.3)
-    ax[1].legend(fontsize=8)
-    y = range(len(names))
-    ax[2].barh(y, [results[n]["nfe_per_epoch"] for n in names], color="tab:blue")
-    ax[2].set_title("gradient evaluations / epoch")
-    ax[3].barh(y, [results[n]["seconds_per_epoch"] for n in names], color="tab:orange")
-    ax[3].set_title("wall time / epoch [s]")
-    for a in ax[2:]:
-        a.set_yticks(list(y), names, fontsize=8)
-        a.invert_yaxis()
-        a.grid(alpha=0.3, axis="x")
-    fig.suptitle(title)
-    fig.tight_layout()
-    io.save_figure(fig, path, dpi=110)
-    plt.close(fig)
+    plotting.save(plotting.training_runs(results, title=title), path, dpi=110)
 
 
 def main(argv=None) -> int:

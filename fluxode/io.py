@@ -41,7 +41,7 @@ def write_json(path, obj) -> Path:
 
 
 def save_figure(fig, path, **kwargs) -> Path:
-    """Save a matplotlib figure atomically (format from the suffix)."""
+    """Save a figure (anything with ``savefig``) atomically (format from the suffix)."""
     buf = io.BytesIO()
     fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", bbox_inches="tight",
                 **kwargs)

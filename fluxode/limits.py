@@ -188,47 +188,14 @@ def _problem(problem):
     return problem
 
 
-# --- plotting ------------------------------------------------------------------------------------
-def plot_sweeps(sweeps, path, title: str | None = None, slopes=(1, 2)):
-    """Log-log error vs h for one or more sweeps, fitted orders in the legend, reference
-    slopes as dashed lines through the first sweep's largest-h point; saved atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    from .io import save_figure
-
-    sweeps = [sweeps] if isinstance(sweeps, Sweep) else list(sweeps)
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
-    for s, marker in zip(sweeps, "osD^v<>"):
-        lo, hi = s.order_ci
-        ax.loglog(s.hs, s.errors, marker + "-", ms=5,
-                  label=f"{s.flow} vs {s.reference} ({s.path}): p = {s.order:.3f} "
-                        f"[{lo:.2f}, {hi:.2f}]")
-    h = np.array(sweeps[0].hs)
-    e0 = sweeps[0].errors[0]
-    for p, ls in zip(slopes, ("--", ":", "-.")):
-        ax.loglog(h, e0 * (h / h[0]) ** p, "k" + ls, lw=0.8, alpha=0.6, label=f"slope {p}")
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("step h (step clock)")
-    ax.set_ylabel(r"global error $\|W_h(T) - W(T)\|_2$")
-    ax.set_title(title or f"error vs step size, T = {sweeps[0].T:g}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=130)
-    plt.close(fig)
-    return path
-
-
+# --- demo -----------------------------------------------------------------------------------------
 def demo_error_vs_h(out_dir) -> dict:
     """GD on the ravine: order-1 gap to gradient flow, order-2 gap to the modified flow
     (Barrett & Dherin 2021). Writes error_vs_h.png and error_vs_h.json; returns the record."""
     from pathlib import Path
 
     from .io import write_json
+    from .plotting import plot_sweeps
 
     out = Path(out_dir)
     flow = make_flow("sgd", lr=0.01)

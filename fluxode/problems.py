@@ -66,20 +66,7 @@ class Problem:
         return [float(k) for k in range(1, math.ceil(T))] if self.piecewise else []
 
     # --- 2-D helpers ------------------------------------------------------------------------
-    bounds: tuple[tuple[float, float], tuple[float, float]] | None = None
-
-    def contour_grid(self, n: int = 200, bounds=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(X, Y, Z) on an n×n grid over ``bounds`` for contour plots (2-D problems only)."""
-        if self.dim != 2:
-            raise ValueError(f"contour_grid needs a 2-D problem, {self.name!r} has dim {self.dim}")
-        (x0, x1), (y0, y1) = bounds or self.bounds or ((-2, 2), (-2, 2))
-        xs = torch.linspace(x0, x1, n, dtype=torch.float64)
-        ys = torch.linspace(y0, y1, n, dtype=torch.float64)
-        X, Y = torch.meshgrid(xs, ys, indexing="xy")
-        P = torch.stack([X.reshape(-1), Y.reshape(-1)], 1).to(self.dtype)
-        Z = torch.stack([self.loss(p) for p in P]) if not hasattr(self, "loss_batch") \
-            else self.loss_batch(P)
-        return X.numpy(), Y.numpy(), Z.reshape(n, n).double().cpu().numpy()
+    bounds: tuple[tuple[float, float], tuple[float, float]] | None = None  # for contour plots
 
     def check_point(self, W: Tensor, name: str = "x0") -> Tensor:
         """W as this problem's flat parameter vector, or a ValueError saying what is wrong."""

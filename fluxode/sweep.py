@@ -458,31 +458,17 @@ def demo_sweep(out_dir) -> dict:
     writes sweep_heavy_ball.png (log10 final loss) and sweep_heavy_ball.json; returns the record."""
     from pathlib import Path
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .io import save_figure, write_json
+    from .io import write_json
+    from .plotting import final_loss_map, save
 
     out = Path(out_dir)
     lrs = [0.001 * 1.6 ** i for i in range(8)]
     mus = [0.1 * i for i in range(1, 9)]
     res = sweep_discrete("sgd", "ravine", {"lr": lrs, "momentum": mus}, steps=100)
-    Z = torch.log10(res.final_loss.clamp(min=1e-300)).reshape(len(lrs), len(mus))
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
-    im = ax.imshow(Z.numpy(), origin="lower", aspect="auto", cmap="viridis",
-                   vmin=float(Z.min()), vmax=1.0)
-    ax.set_xticks(range(len(mus)), [f"{m:.1f}" for m in mus])
-    ax.set_yticks(range(len(lrs)), [f"{lr:.3g}" for lr in lrs])
-    ax.set_xlabel("momentum μ")
-    ax.set_ylabel("lr")
-    ax.set_title("heavy ball on the ravine, 100 steps: log₁₀ L(W₁₀₀)\n"
-                 "(64 points, one batched run)")
-    fig.colorbar(im, ax=ax, label="log₁₀ final loss (≥ 1: diverging)")
-    fig.tight_layout()
-    png = save_figure(fig, out / "sweep_heavy_ball.png", dpi=120)
-    plt.close(fig)
+    fig = final_loss_map(res.final_loss, lrs, mus,
+                         title="heavy ball on the ravine, 100 steps: log₁₀ L(W₁₀₀)\n"
+                               "(64 points, one batched run)")
+    png = save(fig, out / "sweep_heavy_ball.png", dpi=120)
     record = {"points": res.points, "final_loss": res.final_loss.tolist(),
               "seconds": res.stats["wall_time_s"], "figure": str(png)}
     write_json(out / "sweep_heavy_ball.json", record)

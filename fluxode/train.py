@@ -344,38 +344,11 @@ def write_metrics(out: Path, history: list[dict], config: TrainConfig | None = N
                                          "history": history})
     if not plot:
         return
+    from .plotting import plot_learning_curves
+
     label = f"{config.flow} {config.method}" if config else "run"
     plot_learning_curves(out / "learning_curves.png", {label: history},
                          title=f"{config.model} on {config.dataset}" if config else "")
-
-
-def plot_learning_curves(path, runs: dict[str, list[dict]], title: str = "") -> Path:
-    """Training loss, test accuracy and evaluations per step against epochs, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for label, hist in runs.items():
-        ep = [r["epoch"] for r in hist]
-        axes[0].semilogy(ep, [r["train_loss"] for r in hist], marker="o", label=label)
-        axes[1].plot(ep, [r["test_accuracy"] for r in hist], marker="o", label=label)
-        axes[2].plot(ep, [r["nfe_per_step"] for r in hist], marker="o", label=label)
-    for ax, name in zip(axes, ("training loss (epoch mean)", "test accuracy",
-                               "gradient evaluations / step")):
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-    axes[2].set_ylim(bottom=0)
-    axes[1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        return io.save_figure(fig, path, dpi=110)
-    finally:
-        plt.close(fig)
 
 
 def demo(out, epochs: int = 2) -> dict:
@@ -389,6 +362,8 @@ def demo(out, epochs: int = 2) -> dict:
         label = f"adamw {method}"
         summaries[label] = train(cfg, out / method, progress=False)
         runs[label] = _load_history(out / method)
+    from .plotting import plot_learning_curves
+
     plot_learning_curves(out / "compare.png", runs,
                          title="MLP on digits: ODE-integrated vs discrete AdamW")
     return summaries

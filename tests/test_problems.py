@@ -8,6 +8,7 @@ from torch import nn
 
 from fluxode import make_flow
 from fluxode.integrate import run_discrete_trajectory
+from fluxode.plotting import contour_grid
 from fluxode.problems import (PROBLEMS, ModuleProblem, Problem, Rosenbrock, classification,
                               make_problem, ravine)
 
@@ -38,10 +39,10 @@ def test_registry_and_contours():
             "mlp-digits"} <= set(PROBLEMS)
     with pytest.raises(ValueError, match="problem must be one of"):
         make_problem("banana")
-    X, Y, Z = Rosenbrock().contour_grid(20)
+    X, Y, Z = contour_grid(Rosenbrock(), 20)
     assert Z.shape == (20, 20) and Z.min() >= 0
     with pytest.raises(ValueError, match="2-D"):
-        make_problem("logreg-digits").contour_grid(5)
+        contour_grid(make_problem("logreg-digits"), 5)
 
 
 def test_module_problem_gradient_matches_module_backward():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 
 from ..flows import make_flow
-from ..limits import default_hs, plot_sweeps, sweep
+from ..limits import default_hs, sweep
 from ..paths import PATHS
 
 
@@ -40,6 +40,7 @@ def run(args) -> int:
         from pathlib import Path
 
         from ..io import write_json
+        from ..plotting import plot_sweeps
 
         write_json(Path(args.out) / "limit.json", rec)
         rec["figure"] = str(plot_sweeps(s, Path(args.out) / "limit.png"))

@@ -90,9 +90,11 @@ def run(args) -> int:
             if main:
                 runs = {f"{config.flow} {config.method}": T._load_history(out),
                         f"{config.flow} discrete": T._load_history(tdir)}
-                T.plot_learning_curves(out / "compare.png", runs,
-                                       title=f"{config.model} on {config.dataset}: "
-                                             "ODE-integrated vs discrete")
+                from ..plotting import plot_learning_curves
+
+                plot_learning_curves(out / "compare.png", runs,
+                                     title=f"{config.model} on {config.dataset}: "
+                                           "ODE-integrated vs discrete")
     except T.Diverged as err:
         if main:
             print(f"fluxode train: {err}", file=sys.stderr)
