@@ -202,10 +202,10 @@ def run_discrete_trajectory(flow: Flow | str, problem: Problem | str, steps: int
     else:
         S, first = _given_state(flow, problem, state), None
 
-    def record(S):
+    def record(S, tau):
         y = layout.pack([S])
         if not all_finite(y):
-            raise IntegrationError(f"discrete run: {layout.explain(tau0, y)} (a step diverged: "
+            raise IntegrationError(f"discrete run: {layout.explain(tau, y)} (a step diverged: "
                                    "lower lr)")
         return y
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .discretize import euler_step_
+from . import engine
 from .flows import Flow, make_flow
 from .stability import max_stable_sharpness
 
@@ -128,15 +128,23 @@ def tanh_mlp(n: int = 100, hidden: int = 32, out_scale: float = 0.1, seed: int =
 
 def track(flow: Flow | str, problem, steps: int, every: int = 25, iters: int = 20,
           **hyperparameters) -> dict:
-    """Run the discrete optimizer (h = 1) for ``steps`` steps, recording the loss every step
-    and the sharpness every ``every`` steps; ``threshold`` is the flow's stability limit."""
-    flow = make_flow(flow, **hyperparameters) if isinstance(flow, str) else flow
+    """Run the discrete optimizer (h = 1, ``fluxode.engine.run`` from the consistent start,
+    clipping included) for ``steps`` steps, recording the loss every step and the sharpness
+    every ``every`` steps; ``threshold`` is the flow's largest stable sharpness at its lr
+    (None when the flow declares none)."""
+    flow = make_flow(flow, **hyperparameters) if isinstance(flow, (str, type)) else flow
     if steps < 1 or every < 1:
         raise ValueError(f"steps and every must be in [1, inf), got {steps}, {every}")
-    W = problem.x0()
-    S = flow.init(W, problem.grad(W))
+    try:
+        threshold = max_stable_sharpness(flow)
+    except ValueError:
+        threshold = None
+    S, g, H = engine.start(flow, problem, problem.x0())
     losses, at, sharp, v = [], [], [], None
-    for k in range(steps + 1):
+
+    def record(S, tau):
+        nonlocal v
+        k = len(losses)
         if k % every == 0 or k == steps:
             s, v = sharpness(problem.loss, S["W"], v, iters)
             at.append(k)
@@ -144,9 +152,9 @@ def track(flow: Flow | str, problem, steps: int, every: int = 25, iters: int = 2
         losses.append(float(problem.loss(S["W"])))
         if not np.isfinite(losses[-1]):
             raise ValueError(f"the run diverged at step {k}: lower lr")
-        if k < steps:
-            euler_step_(flow, float(k), S, problem.grad(S["W"]))
-    return {"flow": flow.name, "lr": flow.lr, "threshold": max_stable_sharpness(flow),
+
+    engine.run(flow, problem, S, steps, first=(g, H), record=record)
+    return {"flow": flow.name, "lr": flow.lr, "threshold": threshold,
             "loss": losses, "sharpness_steps": at, "sharpness": sharp}
 
 

@@ -4,7 +4,7 @@ On a quadratic the discrete map (the partitioned Euler step at h = 1, i.e. torch
 linear in the dynamic state z = (W, momentum buffers) once the states a flow names in
 ``Flow.frozen_states()`` are held fixed (the preconditioner v of Adam/RMSprop, with the
 bias-correction clocks at 1). Its one-step matrix M is built by applying
-``fluxode.discretize.euler_step_`` to the basis states, and the iteration diverges exactly
+the engine's step (``fluxode.engine.step_``) to the basis states, and the iteration diverges exactly
 when the spectral radius ρ(M) > 1. The largest stable lr is found by bisection on
 ρ(M(lr)) ≤ 1 and compared with the flow's closed form ``Flow.stable_lr(λ, v)``, e.g.
 
@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from .discretize import euler_step_
+from . import engine
 from .flows import Flow, make_flow
 from .flows.base import Block, Envelope
 from .flows.rates import Linear
@@ -90,7 +90,7 @@ def one_step_matrix(flow: Flow, lam: float, v: float = 1.0) -> np.ndarray:
         for name in flow.clocks:
             S[name].fill_(1.0)
         S[dynamic[j]].fill_(1.0)
-        euler_step_(flow, LATE, S, lam * S["W"].clone())
+        engine.step_(flow, S, lam * S["W"].clone(), LATE)
         cols.append([float(S[name]) for name in dynamic])
     return np.array(cols).T
 
@@ -140,13 +140,15 @@ def diverges(name: str | Flow, lam: float, lr: float, steps: int = 3000, v: floa
     whether |w| grew past its start (a direct check of the bisection's verdict)."""
     flow, frozen = _checked(_flow(name, lr, **hp))
     S = flow.init(torch.ones(1, dtype=torch.float64))
-    for k in range(steps):
+
+    def freeze(S, tau):
         for n in frozen:
             S[n].fill_(v)
-        euler_step_(flow, LATE + k, S, lam * S["W"].clone())
-        if not torch.isfinite(S["W"]).all():
-            return True
-    return bool(S["W"].abs().item() > 1.0)
+
+    _, finite = engine.run(flow, engine.Oracle(lambda W, tau: lam * W.clone()), S, steps,
+                           tau0=LATE, before_step=freeze,
+                           record=lambda S, tau: bool(torch.isfinite(S["W"]).all()))
+    return not all(finite) or bool(S["W"].abs().item() > 1.0)
 
 
 def table(lams=(1.0, 10.0, 100.0), momenta=(0.0, 0.5, 0.9), v: float = 1e-2,

@@ -31,10 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
+from . import engine
 from .discretize import run_discrete, vector_field
-from .flat import FlatLayout
 from .flows import Envelope, Flow, make_flow
 from .flows.rates import Clock, Linear, Toward
 from .problems import Problem, make_problem
@@ -250,8 +249,13 @@ def _euler_(rate, x: Tensor, h: float) -> None:
         rate.euler_(x, h)
 
 
-def _euler_step_(flow: Flow, tau: float, S: dict, g: Tensor, h: float) -> None:
-    """``discretize.euler_step_`` on a batched state (rows = points)."""
+def _clip_rows(grads: list[Tensor], max_norm) -> None:
+    """The engine's clipping hook for a batched gradient: per row."""
+    clip_rows_(grads[0], max_norm)
+
+
+def _euler_step_(flow: Flow, S: dict, g: Tensor, tau: float, h: float, H=None) -> None:
+    """``discretize.euler_step_`` on a batched state (rows = points): the engine's stepper."""
     ge = flow.effective_gradient(S["W"], g)
     for block in flow.blocks():
         if isinstance(block, Envelope):
@@ -329,7 +333,7 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1
         raise ValueError(f"h must be in (0, inf), got {h!r}")
     problem, points, flows = _setup(flow_name, problem, grid, fixed)
     W0 = _start(problem, W0)
-    grad = batched_grad(problem)
+    oracle = engine.Oracle(batched_grad(problem))
     keep = [k for k in range(steps + 1) if k % every == 0 or k == steps]
     W = torch.empty(len(points), len(keep), W0.numel(), dtype=W0.dtype, device=W0.device)
     start = time.perf_counter()
@@ -339,15 +343,9 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1
 
         def run(rows=rows, flow=flow):
             Wb = W0.expand(len(rows), -1).clone()
-            traj, S = [Wb.clone()], None
-            for k in range(steps):
-                g = grad(Wb if S is None else S["W"], k * h)
-                clip_rows_(g, flow.max_grad_norm)
-                if S is None:
-                    S = flow.init(Wb, flow.effective_gradient(Wb, g))
-                _euler_step_(flow, k * h, S, g, h)
-                if (k + 1) % every == 0 or k + 1 == steps:
-                    traj.append(S["W"].clone())
+            S, g, _ = engine.start(flow, oracle, Wb, clip=_clip_rows)
+            _, traj = engine.run(flow, oracle, S, steps, h=h, every=every, first=(g, None),
+                                 stepper=_euler_step_, clip=_clip_rows)
             W[rows] = torch.stack(traj, 1)
 
         _batched(run)
@@ -359,68 +357,60 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1
 
 def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None,
                      method: str = "rk4", step_size: float = 0.25, rtol: float = 1e-7,
-                     atol: float = 1e-9, W0: Tensor | None = None, **fixed) -> SweepResult:
-    """The continuous flow at every grid point, integrated as one ODE of shape (P, size).
-    Fixed-grid methods use the grid of ``fluxode.integrate.integrate`` (step ``step_size``) and
-    equal its per-point solution; adaptive methods accept a step only when every point meets
-    rtol/atol (max over points of the RMS error ratio)."""
-    from .integrate import ADAPTIVE, FIXED, _grid, _save_times
+                     atol: float = 1e-9, W0: Tensor | None = None, max_steps: int = 100_000,
+                     **fixed) -> SweepResult:
+    """The continuous flow at every grid point, integrated as one ODE of shape (P, size) by
+    ``fluxode.engine.solve``. Fixed-grid methods use the grid of ``fluxode.integrate.integrate``
+    (step ``step_size``) and equal its per-point solution; adaptive methods accept a step only
+    when every point meets rtol/atol (max over points of the RMS error ratio) and stop after
+    ``max_steps`` steps. A point whose trajectory is not finite raises, naming the point."""
+    from .integrate import _save_times
 
-    if method not in ADAPTIVE + FIXED:
-        raise ValueError(f"method must be one of {list(ADAPTIVE + FIXED)}, got {method!r}")
+    engine.check_method(method)
     for name, v in (("step_size", step_size), ("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (math.isfinite(v)
-                                                                          and v > 0):
-            raise ValueError(f"{name} must be a number in (0, inf), got {v!r}")
+        engine.check_positive(name, v)
     problem, points, flows = _setup(flow_name, problem, grid, fixed)
     if problem.piecewise:
         raise ValueError("continuous sweeps need a smooth field (not a minibatch sequence)")
     times = _save_times(T, save_at)
     t = times if times[0] == 0 else torch.cat([torch.zeros(1, dtype=torch.float64), times])
     W0 = _start(problem, W0)
-    grad = batched_grad(problem)
-    layout = FlatLayout(flows[0], W0.numel())
+    oracle = engine.Oracle(batched_grad(problem))
+    layout = engine.Layout(flows[0], [(W0.numel(),)])
+    slices = layout.slices
     W = torch.empty(len(points), len(times), W0.numel(), dtype=W0.dtype, device=W0.device)
     nfe = [0]
     start = time.perf_counter()
     groups = _groups(flows)
     for rows in groups:
         flow = batched_flow([flows[i] for i in rows])
+        clocks = {v.name for v in flow.variables() if v.shape == "scalar"}
 
-        def views(y, flow=flow):
-            return {n: (y[0, sl].view(()) if n in flow.clocks else y[:, sl])
-                    for n, sl in layout.slices.items()}
+        def views(y, clocks=clocks):
+            return {n: (y[0, sl].view(()) if n in clocks else y[:, sl])
+                    for n, sl in slices.items()}
 
-        def fn(tt, y, flow=flow):
-            nfe[0] += 1
-            tau = float(tt)
-            S = views(y, flow)
-            g = grad(S["W"], tau)
-            clip_rows_(g, flow.max_grad_norm)
+        def rhs(tau, y, flow=flow, clocks=clocks):
+            S = views(y)
+            g, _ = engine.evaluate(flow, oracle, S["W"], tau, clip=_clip_rows)
             out = torch.empty_like(y)
             for n, r in vector_field(flow, tau, S, g).items():
-                out[:, layout.slices[n]] = r.reshape(-1, 1) if n in flow.clocks else r
+                out[:, slices[n]] = r.reshape(-1, 1) if n in clocks else r
             return out
 
-        def run(rows=rows, flow=flow):
+        def run(rows=rows, flow=flow, clocks=clocks, rhs=rhs):
             Wb = W0.expand(len(rows), -1).clone()
-            g0 = grad(Wb, 0.0)
-            clip_rows_(g0, flow.max_grad_norm)
-            S0 = flow.init(Wb, flow.effective_gradient(Wb, g0))
+            S0, _, _ = engine.start(flow, oracle, Wb, clip=_clip_rows)
             y0 = torch.empty(len(rows), layout.size, dtype=W0.dtype, device=W0.device)
-            for n, sl in layout.slices.items():
-                y0[:, sl] = S0[n].reshape(-1, 1) if n in flow.clocks else S0[n]
-            if method in FIXED:
-                grid_t = _grid(t, step_size, [])
-                opts = {"grid_constructor": lambda f, y, tt: grid_t, "perturb": False}
-                if method == "explicit_adams":
-                    opts["max_order"] = 5
-            else:
-                opts = {"norm": lambda e: e.reshape(len(rows), -1).pow(2).mean(1).sqrt().max()}
-            with torch.no_grad():
-                sol = odeint(fn, y0, t, method=method, rtol=rtol, atol=atol, options=opts)
+            for n, sl in slices.items():
+                y0[:, sl] = S0[n].reshape(-1, 1) if n in clocks else S0[n]
+            kw = dict(step_size=step_size) if method in engine.FIXED else dict(options={
+                "norm": lambda e: e.reshape(len(rows), -1).pow(2).mean(1).sqrt().max()})
+            sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
+                                   max_steps=max_steps, check_finite=False, **kw)
+            nfe[0] += st["nfe"]
             sol = sol if times[0] == 0 else sol[1:]
-            W[rows] = sol[:, :, layout.slices["W"]].transpose(0, 1)
+            W[rows] = sol[:, :, slices["W"]].transpose(0, 1)
 
         _batched(run)
     stats = {"kind": "continuous", "method": method, "nfe": nfe[0], "batches": len(groups),

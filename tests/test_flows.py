@@ -151,9 +151,9 @@ def test_nesterov_ode_field_at_zero_is_the_ode_limit():
 
 @pytest.mark.parametrize("name", ALL)
 def test_field_written_in_place_equals_the_returned_field(name):
-    """FlatLayout.field_into writes rates straight into the solver's buffer: same bits as
+    """Layout.field_into writes rates straight into the solver's buffer: same bits as
     vector_field's fresh tensors."""
-    from fluxode.flat import FlatLayout
+    from fluxode.engine import Layout
 
     A, grad = _quadratic()
     flow = make_flow(name, lr=0.05)
@@ -161,12 +161,12 @@ def test_field_written_in_place_equals_the_returned_field(name):
     S = flow.init(W.clone(), flow.effective_gradient(W, grad(W), A))
     for k in range(3):  # move away from the start so every term is non-trivial
         euler_step_(flow, k, S, grad(S["W"]), H=A)
-    layout = FlatLayout(flow, 2)
-    y = layout.pack(S)
+    layout = Layout(flow, [(2,)])
+    y = layout.pack([S])
     g = grad(S["W"])
-    out = layout.field_into(3.0, y, g, torch.full_like(y, float("nan")), A)
-    fresh = vector_field(flow, 3.0, layout.views(y), g, A)
-    for n, view in layout.views(out).items():
+    out = layout.field_into(3.0, y, [g], torch.full_like(y, float("nan")), A)
+    fresh = vector_field(flow, 3.0, layout.views(y)[0], g, A)
+    for n, view in layout.views(out)[0].items():
         assert torch.equal(view, fresh[n].reshape(view.shape)), n
 
 

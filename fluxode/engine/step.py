@@ -67,13 +67,13 @@ def start(flow: Flow, oracle, W0: Tensor, tau0: float = 0.0,
 
 def run(flow: Flow, oracle, S: State, steps: int, *, h: float = 1.0, tau0: float = 0.0,
         every: int = 1, first: tuple[Tensor, Tensor | None] | None = None,
-        record: Callable[[State], object] = lambda S: S["W"].clone(),
+        record: Callable[[State, float], object] = lambda S, tau: S["W"].clone(),
         stepper: Callable = step_, clip: Callable = clip_gradients_,
         before_step: Callable[[State, float], None] | None = None
         ) -> tuple[list[float], list]:
     """``steps`` steps of size h from (τ₀, S), in place on S.
 
-    Returns the times τ₀ + k·h and ``record(S)`` for k = 0 and every ``every``-th step (and
+    Returns the times τ₀ + k·h and ``record(S, τ)`` for k = 0 and every ``every``-th step (and
     the last). ``first`` = (g, H) already evaluated at (τ₀, S["W"]) (e.g. by ``start``);
     ``stepper``/``clip`` replace the per-point step and clipping (batched sweeps);
     ``before_step(S, τ)`` may change the state before each step (stability freezes v)."""
@@ -81,7 +81,7 @@ def run(flow: Flow, oracle, S: State, steps: int, *, h: float = 1.0, tau0: float
         raise ValueError(f"steps must be an integer in [0, inf), got {steps!r}")
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer in [1, inf), got {every!r}")
-    taus, out = [tau0], [record(S)]
+    taus, out = [tau0], [record(S, tau0)]
     for k in range(steps):
         tau = tau0 + k * h
         if before_step is not None:
@@ -91,5 +91,5 @@ def run(flow: Flow, oracle, S: State, steps: int, *, h: float = 1.0, tau0: float
         stepper(flow, S, g, tau, h, H)
         if (k + 1) % every == 0 or k + 1 == steps:
             taus.append(tau0 + (k + 1) * h)
-            out.append(record(S))
+            out.append(record(S, taus[-1]))
     return taus, out
