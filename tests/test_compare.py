@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from fluxode import make_flow
@@ -59,6 +60,7 @@ def test_compare_command_bad_input(capsys):
     assert main(["compare", "--flow", "sgd", "--problem", "nope"]) == 2
 
 
+@pytest.mark.slow
 def test_demo_panels(tmp_path):
     from fluxode.compare import demo_panels
 

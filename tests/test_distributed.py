@@ -111,6 +111,7 @@ def test_a_non_main_rank_writes_nothing(tmp_path):
     assert not (tmp_path / "quiet").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_rk4_replicas_agree_bitwise_and_match_one_process(tmp_path):
     cfg = dict(BASE, method="rk4", epochs=2)
     summary = _torchrun(tmp_path / "dist", cfg)
@@ -138,6 +139,7 @@ def _weights_at_start(cfg: dict) -> torch.Tensor:
     return torch.cat([v.reshape(-1) for v in m.state_dict().values()])
 
 
+@pytest.mark.slow
 def test_torchrun_dopri5_lockstep_and_resume_bit_for_bit(tmp_path):
     """Adaptive steps: both ranks make the same accept/reject decisions (equal evaluation
     counts, each all-reduced); a run stopped after epoch 1 and resumed under torchrun ends with

@@ -67,6 +67,7 @@ def test_torchsde_integration_of_the_sgd_sde_matches_the_ou_moments():
 HP = dict(lr=0.5, alpha=0.9, eps=0.5, a=(1.0, 4.0), sigma=(1.0, 0.5), x0=(1.0, -1.0))
 
 
+@pytest.mark.slow
 def test_torchsde_integration_of_the_rmsprop_sde_matches_its_moment_odes():
     T, R = 2.0, 20000
     torch.manual_seed(0)
@@ -137,6 +138,7 @@ def test_adam_moments_on_the_sqrt_path_converge_to_the_sde():
     assert big["mean_err"] > mid["mean_err"] > small["mean_err"]
 
 
+@pytest.mark.slow
 def test_torchsde_integration_of_the_adam_sde_matches_its_moment_odes():
     """The torchsde model and the moment ODEs describe the same SDE (Euler–Maruyama, dt small
     enough that its bias is below the Monte Carlo resolution)."""

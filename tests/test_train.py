@@ -28,6 +28,7 @@ def _temporaries(d: Path) -> list[Path]:
     return [p for p in d.rglob("*.tmp")]
 
 
+@pytest.mark.slow
 def test_train_writes_outputs_and_json_summary(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli.main(["train", "--flow", "adamw", "--method", "rk4", "--model", "logreg",
@@ -73,6 +74,7 @@ def _train(out: Path, *extra) -> subprocess.CompletedProcess:
                            *extra], env=ENV, capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path):
     killed, ref = tmp_path / "killed", tmp_path / "ref"
     proc = subprocess.Popen([sys.executable, "-m", "fluxode", "train", *ARGS,

@@ -20,6 +20,7 @@ def test_case_table_covers_every_twin_and_is_large():
     assert len(cs) >= 40
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow", TWINS)
 def test_float64_within_1e12_after_1000_steps(flow):
     records = verify("float64", 1000, flows=[flow])
@@ -28,6 +29,7 @@ def test_float64_within_1e12_after_1000_steps(flow):
     assert worst["max_rel_err"] <= 1e-12
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flow", TWINS)
 def test_float32_is_bit_for_bit(flow):
     """The rate expressions apply torch's own ops in torch's order, and the bias-correction
