@@ -6,8 +6,8 @@
     >>> opt = fluxode.FlowOptimizer(model.parameters(), "adamw", lr=1e-3)   # = torch.optim.AdamW
 """
 
-from .flows import FLOWS, Flow, make_flow
+from .flows import FLOWS, Flow, make_flow, register_flow
 from .optim import FlowOptimizer
 
 __version__ = "0.1.0"
-__all__ = ["FLOWS", "Flow", "make_flow", "FlowOptimizer", "__version__"]
+__all__ = ["FLOWS", "Flow", "make_flow", "register_flow", "FlowOptimizer", "__version__"]

@@ -145,6 +145,14 @@ def verify(dtype: str = "float64", steps: int = 1000, flows: list[str] | None = 
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     if steps < 1:
         raise ValueError(f"steps must be in [1, inf), got {steps}")
+    if flows is not None:
+        twins = sorted(n for n, c in FLOWS.items() if c.torch_twin)
+        for name in flows:
+            if name not in FLOWS:
+                raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {name!r}")
+            if name not in twins:
+                raise ValueError(f"flow {name!r} names no reference twin (torch_twin) to "
+                                 f"verify against; flows with one: {', '.join(twins)}")
     todo = [c for c in cases() if flows is None or c.flow in flows]
     records = []
     for case in todo:

@@ -18,10 +18,10 @@ from ..integrate import METHODS, IntegrationError
 from ..problems import PROBLEMS, make_problem
 from .hyperparameters import add_flags, collect
 
+
 def add_arguments(p):
     p.add_argument("--flow", help=f"one of {sorted(FLOWS)}")
     p.add_argument("--problem", help=f"one of {sorted(PROBLEMS)}")
-    add_flags(p)
     p.add_argument("--method", default="dopri5", help=f"torchdiffeq solver: {', '.join(METHODS)}")
     p.add_argument("--rtol", type=float, default=1e-7)
     p.add_argument("--atol", type=float, default=1e-9)
@@ -33,6 +33,7 @@ def add_arguments(p):
     p.add_argument("--out", default="fluxode-compare", help="output folder")
     p.add_argument("--demo", action="store_true", help="write the demo panels instead")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_flags(p)  # last: a flow hyperparameter named like a flag above (--h) stays the command's
 
 
 def run(args) -> int:
@@ -47,7 +48,7 @@ def run(args) -> int:
         return 0
     if not args.flow or not args.problem:
         raise ValueError("give --flow and --problem (or --demo)")
-    flow = make_flow(args.flow, **collect(args))
+    flow = make_flow(args.flow, **collect(args, flow=args.flow))
     problem = make_problem(args.problem, dtype=getattr(torch, args.dtype))
     try:
         comp = cmp.compare(flow, problem, args.steps, h=args.h, method=args.method,

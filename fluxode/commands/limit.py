@@ -15,6 +15,7 @@ import json
 from ..flows import make_flow
 from ..limits import default_hs, sweep
 from ..paths import PATHS
+from .hyperparameters import add_flags, collect
 
 
 def add_arguments(p):
@@ -23,16 +24,14 @@ def add_arguments(p):
     p.add_argument("--path", default="rates", choices=[x for x in PATHS if x != "sqrt"])
     p.add_argument("--hs", type=float, nargs="+", help="step sizes (each must divide the largest)")
     p.add_argument("--T", type=float, default=10.0, help="end time on the step clock")
-    p.add_argument("--lr", type=float, help="torch lr (default: the flow's)")
-    p.add_argument("--momentum", type=float, help="momentum (sgd, rmsprop)")
     p.add_argument("--modified", action="store_true", help="compare to the modified flow")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", help="write limit.json and limit.png into this folder")
+    add_flags(p)  # every hyperparameter of every flow: --lr, --momentum, --betas, ...
 
 
 def run(args) -> int:
-    hp = {k: v for k, v in (("lr", args.lr), ("momentum", args.momentum)) if v is not None}
-    flow = make_flow(args.flow, **hp)
+    flow = make_flow(args.flow, **collect(args, flow=args.flow))
     hs = args.hs or default_hs(args.T, 5, h_max=None)
     s = sweep(flow, args.problem, T=args.T, hs=hs, path=args.path, modified=args.modified)
     rec = s.to_dict()

@@ -56,9 +56,9 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--compare-discrete", action="store_true",
                    help="also train the discrete twin and plot both (OUT/compare.png)")
-    add_flags(p, skip=OWN)  # momentum, betas, eps, …: passed to the flow
     p.add_argument("--json", action="store_true",
                    help="print the final summary as JSON (no progress bar)")
+    add_flags(p, skip=OWN)  # momentum, betas, eps, …: passed to the flow
 
 
 def run(args) -> int:
@@ -68,7 +68,7 @@ def run(args) -> int:
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         substeps=args.substeps, rtol=args.rtol, atol=args.atol, seed=args.seed,
         checkpoint_every=args.checkpoint_every, dtype=args.dtype,
-        options=collect(args, skip=OWN)).validate()
+        options=collect(args, skip=OWN, flow=args.flow)).validate()
     out = Path(args.out)
     twin = None
     if args.compare_discrete and config.method != "discrete":
