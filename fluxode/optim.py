@@ -32,21 +32,32 @@ run a flow's fused kernel (step or field) where it has one.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor
 
 from . import engine
 from .engine.solve import check_max_steps
-from .flows import Flow, make_flow
+from .flows import FLOWS, Flow, make_flow
 from .forces import clip_gradients_
 from .validation import backend as check_backend
 from .validation import positive, positive_int
 
 
+IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable", "capturable")
+"""torch.optim's implementation switches: accepted under the twin's names and kept in the param
+groups; foreach/fused=True choose fluxode's fast path (backend "auto"), differentiable/capturable
+=True are not implemented (a clear NotImplementedError)."""
+
+KNOWN_GROUP_KEYS = ("params", "name", "initial_lr")  # keys torch itself and its schedulers add
+
+
 class FlowOptimizer(torch.optim.Optimizer):
     """``FlowOptimizer(params, flow="adamw", method="discrete", *, h=1.0, substeps=1,
     rtol=1e-3, atol=1e-6, max_steps=10_000, options=None, backend="reference",
-    **hyperparameters)`` (hyperparameters under the flow's — torch.optim's — names)."""
+    **hyperparameters)`` (hyperparameters under the flow's — torch.optim's — names; defaults
+    read from the installed torch twin; torch's own validation where there is a twin)."""
 
     default_method = "discrete"
 
@@ -58,16 +69,28 @@ class FlowOptimizer(torch.optim.Optimizer):
         if method != "discrete" and method not in engine.METHODS:
             raise ValueError(f"method must be one of {['discrete', *engine.METHODS]}, "
                              f"got {method!r}")
+        cls = type(flow) if isinstance(flow, Flow) else flow
+        cls = FLOWS[cls] if isinstance(cls, str) and cls in FLOWS else cls
+        flags = {k: hyperparameters.pop(k) for k in IMPLEMENTATION_FLAGS if k in hyperparameters}
+        given = dict(hyperparameters)
+        hyperparameters = {k: _plain(v) for k, v in hyperparameters.items()}
         if isinstance(flow, Flow):
             proto = make_flow(type(flow), **{**flow.hyperparameters(), **hyperparameters}) \
                 if hyperparameters else flow
         else:
-            proto = make_flow(flow, **hyperparameters)  # validates
+            proto = make_flow(flow, **hyperparameters)  # validates, with fluxode's messages
+        _validate_like_twin(cls, {**given, **flags})  # then torch's own rules (tensor forms)
         if proto.needs_hessian:
             raise ValueError(f"flow {proto.name!r} needs a Hessian, which an optimizer does not "
                              "get; run it with fluxode.integrate on a problem that provides one")
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a dict of torchdiffeq options, got {options!r}")
+        for k in ("differentiable", "capturable"):
+            if flags.get(k):
+                raise NotImplementedError(f"{k}=True is not implemented by fluxode optimizers "
+                                          f"(flow {proto.name!r}); use torch.optim for it")
+        if backend == "reference" and (flags.get("foreach") or flags.get("fused")):
+            backend = "auto"
         self.proto, self.flow_name, self.method = proto, proto.name, method
         self.backend = check_backend(backend)
         self.substeps = positive_int("substeps", substeps)
@@ -77,13 +100,25 @@ class FlowOptimizer(torch.optim.Optimizer):
         self.last_nfe = 0
         self._hp_names = tuple(proto.hyperparameters())
         self._flows: dict[int, tuple[dict, Flow]] = {}
-        super().__init__(params, dict(proto.hyperparameters(), h=positive("h", h)))
+        twin_flags = _twin_flags(proto)
+        defaults = dict(proto.hyperparameters(), h=positive("h", h),
+                        **{k: flags.get(k, v) for k, v in twin_flags.items()})
+        super().__init__(params, defaults)
 
-    # --- flows and state --------------------------------------------------------------------------
+    # --- param groups, flows and state ------------------------------------------------------------
+    def add_param_group(self, param_group: dict) -> None:
+        """torch's ``add_param_group``, refusing keys that are no hyperparameter of this flow."""
+        unknown = set(param_group) - set(self.defaults) - set(KNOWN_GROUP_KEYS)
+        if unknown:
+            raise ValueError(f"param group has key(s) {sorted(unknown)} that flow "
+                             f"{self.flow_name!r} does not take; its keys are "
+                             f"{sorted(self.defaults)}")
+        super().add_param_group(param_group)
+
     def flow_for(self, group: dict) -> Flow:
         """The flow with this param group's current hyperparameters (one cached per group, so
         an LR scheduler making a new lr every step does not grow a cache)."""
-        hp = {k: group[k] for k in self._hp_names}
+        hp = {k: _plain(group[k]) for k in self._hp_names}
         cached = self._flows.get(id(group))
         if cached is not None and cached[0] == hp:
             return cached[1]
@@ -92,26 +127,40 @@ class FlowOptimizer(torch.optim.Optimizer):
         self._flows[id(group)] = (hp, flow)
         return flow
 
+    @staticmethod
+    def _key(flow: Flow, v) -> str:
+        """Where variable v lives in the per-parameter state: the torch twin's name if any."""
+        return flow.torch_names.get(v.name, v.name)
+
     def _state(self, flow: Flow, p: Tensor, g: Tensor) -> dict:
         """The flow state of parameter p as a dict {W: p, var: tensor}, created on first use
-        from the flow's declared initial values (g: p's clipped raw gradient)."""
+        from the flow's declared initial values (g: p's clipped raw gradient); a state that
+        came from torch (step count only) gets its clocks from the step count."""
         st = self.state[p]
-        if not st:
+        if not any(v is not None for v in st.values()):
+            st.clear()
             S = flow.init(p, flow.effective_gradient(p, g))
             st["step"] = torch.tensor(0.0)
             for v in flow.variables():
-                st[v.name] = float(S[v.name]) if v.is_clock else S[v.name]
+                st[self._key(flow, v)] = float(S[v.name]) if v.is_clock else S[v.name]
+        st.setdefault("step", torch.tensor(1.0))  # torch's SGD keeps no step count
         S = {"W": p}
         for v in flow.variables():
-            x = st[v.name]
+            key = self._key(flow, v)
+            if key not in st or st[key] is None:
+                if not v.is_clock:
+                    raise ValueError(f"optimizer state of a parameter lacks {key!r}, which flow "
+                                     f"{flow.name!r} keeps (a state dict from another "
+                                     "optimizer?)")
+                st[key] = flow.clock_values(int(st["step"]))[v.name]
+            x = st[key]
             S[v.name] = torch.tensor(x, dtype=torch.float64) if v.is_clock else x
         return S
 
-    @staticmethod
-    def _store_clocks(flow: Flow, st: dict, S: dict) -> None:
+    def _store_clocks(self, flow: Flow, st: dict, S: dict) -> None:
         for v in flow.variables():
             if v.is_clock:
-                st[v.name] = float(S[v.name])
+                st[self._key(flow, v)] = float(S[v.name])
 
     # --- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -137,12 +186,16 @@ class FlowOptimizer(torch.optim.Optimizer):
             flow, h = self.flow_for(group), group["h"]
             params = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("fluxode optimizers do not support sparse gradients")
+            if any(g.is_sparse for g in grads) and not flow.sparse_gradients:
+                raise RuntimeError(f"flow {flow.name!r} has no sparse form: it does not take "
+                                   "sparse gradients (torch.optim.SparseAdam does)")
             clip_gradients_(grads, flow.max_grad_norm)
             for p, g in zip(params, grads):
                 S = self._state(flow, p, g)
                 st = self.state[p]
+                if p.is_complex():  # torch steps the real view of complex parameters
+                    S = {n: torch.view_as_real(x) if x.is_complex() else x for n, x in S.items()}
+                    g = torch.view_as_real(g)
                 engine.step_(flow, S, g, float(st["step"]) * h, h, backend=self.backend)
                 st["step"] += 1
                 self._store_clocks(flow, st, S)
@@ -155,8 +208,8 @@ class FlowOptimizer(torch.optim.Optimizer):
                              f"their h must agree, got {sorted(hs)}")
         h = hs.pop()
         all_params = [p for g in self.param_groups for p in g["params"]]
-        if any(p.is_sparse for p in all_params):
-            raise ValueError("ODE methods do not support sparse parameters")
+        if any(p.is_sparse or p.is_complex() for p in all_params):
+            raise ValueError("ODE methods do not support sparse or complex parameters")
 
         def gradients():
             for p in all_params:
@@ -166,7 +219,7 @@ class FlowOptimizer(torch.optim.Optimizer):
             self.last_nfe += 1
             if any(p.grad is not None and p.grad.is_sparse for p in all_params):
                 raise ValueError("ODE methods do not support sparse gradients")
-            return loss, {p: p.grad for p in all_params if p.grad is not None}
+            return loss, {p: p.grad for p in all_params if p.grad is not None and p.numel()}
 
         self.last_nfe = 0
         loss, raw0 = gradients()
@@ -192,39 +245,120 @@ class FlowOptimizer(torch.optim.Optimizer):
             opts.setdefault("first_step", h)
         return dict(kw, options=opts)
 
-    # --- checkpoints --------------------------------------------------------------------------
+    # --- checkpoints and copies -------------------------------------------------------------
     def state_dict(self) -> dict:
+        """torch's state dict (state under the torch twin's names, so torch.optim loads it)
+        plus the flow's name."""
         return {**super().state_dict(), "flow": self.flow_name}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a state from ``state_dict()``; refuses one from another flow, and one whose
-        per-parameter state does not fit these parameters, before changing anything."""
-        if not isinstance(state_dict, dict) or "flow" not in state_dict:
-            raise ValueError("not a fluxode optimizer state dict (no 'flow' entry)")
-        if state_dict["flow"] != self.flow_name:
+        """Load a state dict from this class or from the torch twin (``torch.optim.X``): a
+        state from another flow, or one that does not fit these parameters, is refused before
+        anything changes; keys an older state dict lacks take this optimizer's defaults."""
+        if not isinstance(state_dict, dict) or "param_groups" not in state_dict:
+            raise ValueError("not an optimizer state dict (no 'param_groups')")
+        if state_dict.get("flow", self.flow_name) != self.flow_name:
             raise ValueError(f"state dict is for flow {state_dict['flow']!r}, this optimizer "
                              f"runs {self.flow_name!r}")
         rest = {k: v for k, v in state_dict.items() if k != "flow"}
         saved_groups, saved_state = rest.get("param_groups", []), rest.get("state", {})
         if len(saved_groups) == len(self.param_groups):  # else torch reports the mismatch
             for gi, (group, saved) in enumerate(zip(self.param_groups, saved_groups)):
+                unknown = set(saved) - set(self.defaults) - set(KNOWN_GROUP_KEYS) \
+                    - set(_scheduler_keys(saved)) - _twin_group_keys(self.proto)
+                if unknown:
+                    raise ValueError(f"state dict's param group {gi} has key(s) "
+                                     f"{sorted(unknown)} that flow {self.flow_name!r} does not "
+                                     "take (a state dict from another optimizer?)")
                 flow = self.flow_for(group)
                 for p, i in zip(group["params"], saved.get("params", [])):
                     _check_saved(flow, gi, p, saved_state.get(i, {}))
         super().load_state_dict(rest)
+        for group in self.param_groups:
+            for k, v in self.defaults.items():
+                group.setdefault(k, v)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), **{k: self.__dict__[k] for k in _OWN}}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._flows = {}
+
+
+_OWN = ("proto", "flow_name", "method", "backend", "substeps", "rtol", "atol", "max_steps",
+        "options", "last_nfe", "_hp_names")
+
+
+def _scheduler_keys(group: dict) -> list[str]:
+    """Keys LR/momentum schedulers write into a param group (kept, never interpreted)."""
+    return [k for k in group if k in ("initial_lr", "max_lr", "min_lr", "base_lr",
+                                      "max_momentum", "base_momentum")]
+
+
+def _plain(v):
+    """A hyperparameter as a Python number: torch accepts 0-d tensors for lr, betas, ..."""
+    if isinstance(v, Tensor) and v.numel() == 1:
+        return v.item()
+    if isinstance(v, tuple) and any(isinstance(x, Tensor) for x in v):
+        return tuple(_plain(x) for x in v)
+    return v
+
+
+def _twin_group_keys(flow: Flow) -> set[str]:
+    """The keys the installed torch twin writes into its param groups (a state dict saved by
+    torch carries them; e.g. AdamW's ``decoupled_weight_decay``)."""
+    twin = flow.twin()
+    if twin is None:
+        return set()
+    return set(twin([torch.zeros(1, requires_grad=True)]).param_groups[0]) - {"params"}
+
+
+def _twin_flags(flow: Flow) -> dict:
+    """The twin's implementation flags with their defaults (kept in the param groups)."""
+    twin = flow.twin()
+    if twin is None:
+        return {}
+    sig = inspect.signature(twin.__init__).parameters
+    return {k: sig[k].default for k in IMPLEMENTATION_FLAGS if k in sig}
+
+
+def _validate_like_twin(cls, kwargs: dict) -> None:
+    """Let the installed torch twin judge the arguments it knows (same exception types and
+    messages as torch); flags the twin does not take are refused by name."""
+    twin = cls.twin() if isinstance(cls, type) and issubclass(cls, Flow) else None
+    flags = {k for k in kwargs if k in IMPLEMENTATION_FLAGS}
+    if twin is None:
+        if any(kwargs[k] for k in flags):
+            raise ValueError(f"{sorted(flags)} are torch.optim implementation flags; flow "
+                             f"{getattr(cls, 'name', cls)!r} has no torch twin")
+        return
+    sig = inspect.signature(twin.__init__).parameters
+    extra = flags - set(sig)
+    if extra:
+        raise TypeError(f"{twin.__name__}.__init__() got an unexpected keyword argument "
+                        f"{sorted(extra)[0]!r}")
+    known = {k: v for k, v in kwargs.items() if k in sig}
+    if known.get("differentiable") or known.get("capturable"):
+        return  # refused by fluxode itself, below
+    twin([torch.zeros(1, requires_grad=True)], **known)
 
 
 def _check_saved(flow: Flow, gi: int, p: Tensor, st: dict) -> None:
-    if not st:
+    if not st or all(x is None for x in st.values()):
         return
     for v in flow.variables():
-        x = st.get(v.name)
+        key = flow.torch_names.get(v.name, v.name)
+        x = st.get(key)
+        if x is None and v.is_clock:
+            continue  # a torch state: the clock follows from the step count
+        want = v.shape_for(p.shape)
         ok = isinstance(x, float) if v.is_clock else (
-            isinstance(x, Tensor) and tuple(x.shape) == v.shape_for(p.shape))
+            isinstance(x, Tensor) and tuple(x.shape) == want)
         if not ok:
             raise ValueError(f"state dict does not fit param group {gi}: flow {flow.name!r} "
-                             f"keeps {v.name!r} of shape {v.shape_for(p.shape)} for a parameter "
-                             f"of shape {tuple(p.shape)}, got {_describe(x)}")
+                             f"keeps {key!r} of shape {want} for a parameter of shape "
+                             f"{tuple(p.shape)}, got {_describe(x)}")
 
 
 def _describe(x) -> str:
@@ -288,11 +422,12 @@ class _Plan:
         sts = [self.opt.state[p] for p in ps]
         S = {"W": ps[0].detach() if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])}
         for v in flow.variables():
+            key = self.opt._key(flow, v)
             if v.is_clock:
-                S[v.name] = torch.tensor(sts[0][v.name], dtype=torch.float64)
+                S[v.name] = torch.tensor(sts[0][key], dtype=torch.float64)
             else:
-                S[v.name] = sts[0][v.name] if len(ps) == 1 else torch.cat(
-                    [st[v.name].reshape(-1) for st in sts])
+                S[v.name] = sts[0][key] if len(ps) == 1 else torch.cat(
+                    [st[key].reshape(-1) for st in sts])
         return S
 
     def _taus(self, units, t: float) -> list[float]:
@@ -360,11 +495,12 @@ class _Plan:
                 for p in ps:
                     st, n = self.opt.state[p], p.numel()
                     for v in flow.variables():
+                        key = self.opt._key(flow, v)
                         if v.is_clock:
-                            st[v.name] = float(S[v.name])
+                            st[key] = float(S[v.name])
                         elif len(ps) == 1:
-                            st[v.name].copy_(S[v.name])
+                            st[key].copy_(S[v.name])
                         else:
-                            st[v.name].copy_(S[v.name][off:off + n].view_as(p))
+                            st[key].copy_(S[v.name][off:off + n].view_as(p))
                     st["step"] += 1
                     off += n

@@ -25,7 +25,7 @@ from __future__ import annotations
 from . import validation as check
 from .flows.base import Block, Envelope, Flow
 from .flows.capabilities import SqrtPoint
-from .flows.rates import Clock, Linear, Term, Toward
+from .flows.rates import Clock, Exact, Linear, Term, Toward
 
 PATHS = ("rates", "betas-fixed", "sqrt")
 
@@ -53,6 +53,8 @@ def _divide(rate, h: float):
         return Toward(rate.rate_ / h, rate.target)
     if isinstance(rate, Clock):
         return Clock(1.0 - (1.0 - rate.keep) / h, rate.tau)
+    if isinstance(rate, Exact):  # its exact value now belongs to the step of size h
+        return Exact(_divide(rate.inner, h), rate.value, step=rate.step * h)
     raise TypeError(f"unknown rate expression {type(rate).__name__}")  # pragma: no cover
 
 

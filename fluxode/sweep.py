@@ -35,7 +35,7 @@ from torch import Tensor
 from . import engine
 from .discretize import run_discrete, vector_field
 from .flows import Envelope, Flow, make_flow
-from .flows.rates import Clock, Linear, Toward
+from .flows.rates import Clock, Exact, Linear, Toward
 from .problems import Problem, make_problem
 
 
@@ -219,6 +219,12 @@ def clip_rows_(G: Tensor, max_norm) -> None:
 # --- the batched discrete map --------------------------------------------------------------------
 def _euler_(rate, x: Tensor, h: float) -> None:
     """``rate.euler_(x, h)`` with Column coefficients as (P, 1) tensors, same operations."""
+    if isinstance(rate, Exact):
+        if h == rate.step:
+            x.copy_(rate.value)
+        else:
+            _euler_(rate.inner, x, h)
+        return
     if isinstance(rate, Linear) and _has_column(rate.decay, rate.keep,
                                                 *(t.coef for t in rate.terms)):
         factor = rate.keep if h == 1.0 and rate.keep is not None else 1.0 - h * rate.decay

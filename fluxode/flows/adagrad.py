@@ -17,6 +17,7 @@ class Adagrad(Flow):
     name = "adagrad"
     summary = "AdaGrad: accumulated squared gradients (torch.optim.Adagrad)"
     torch_twin = "Adagrad"
+    torch_names = {"s": "sum"}
     vectors = ("s",)
     default_lr = 1e-2
 

@@ -26,6 +26,7 @@ shape; packing into a flat buffer is the solver's private business (``fluxode.en
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar
@@ -123,12 +124,16 @@ class Flow(Capabilities):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     torch_twin: ClassVar[str | None] = None  # name of the torch.optim class, if any
+    torch_names: ClassVar[dict[str, str]] = {}  # state variable → the twin's state key
     needs_hessian: ClassVar[bool] = False
-    default_lr: ClassVar[float] = 1e-3
+    sparse_gradients: ClassVar[bool] = False  # the discrete step accepts sparse gradients
+    default_lr: ClassVar[float] = 1e-3  # used when there is no twin to read it from
 
     def __init__(self, lr: float | None = None, *, weight_decay: float = 0.0,
                  maximize: bool = False, schedule=None, max_grad_norm: float | None = None):
-        self.lr = check.at_least("lr", self.default_lr if lr is None else lr, 0.0)
+        if lr is None:
+            lr = self.twin_defaults().get("lr", self.default_lr)
+        self.lr = check.at_least("lr", lr, 0.0)
         self.weight_decay = check.at_least("weight_decay", weight_decay, 0.0)
         self.maximize = check.flag("maximize", maximize)
         self.schedule = schedules.parse(schedule)
@@ -155,6 +160,26 @@ class Flow(Capabilities):
         the parameters of a group may then be stepped as one flat tensor."""
         return not self.tensorwise and all(v.shape == "param" or v.is_clock
                                            for v in self.variables())
+
+    def clock_values(self, step: int) -> dict[str, float]:
+        """The scalar clocks' values after ``step`` unit Euler steps from 0 (c = 1 - κᵏ for a
+        clock ċ = (1-κ)(1-c)): how a state that carries only the step count (torch's) is
+        completed. Found by asking the flow's own blocks for their ``Clock`` rates."""
+        from .rates import Clock
+
+        clocks = {v.name for v in self.variables() if v.is_clock}
+        if not clocks:
+            return {}
+        W = torch.zeros(1, dtype=torch.float64)
+        S = self.init(W, W)
+        out = {}
+        for block in self.blocks():
+            if isinstance(block, Envelope) or not clocks & set(block.names):
+                continue
+            for name, rate in zip(block.names, block.field(0.0, S, W)):
+                if isinstance(rate, Clock):
+                    out[name] = 1.0 - rate.keep ** float(step)
+        return out
 
     def init(self, W: Tensor, g0: Tensor | None = None) -> State:
         """Initial state at τ = 0 from each variable's declared initial value (``g0``: the
@@ -245,6 +270,22 @@ class Flow(Capabilities):
         return f"{type(self).__name__}({self.legend()})"
 
     # --- torch twin and test table -----------------------------------------------------------
+    @classmethod
+    def twin(cls):
+        """The installed torch.optim class this flow reproduces, or None."""
+        return getattr(torch.optim, cls.torch_twin) if cls.torch_twin else None
+
+    @classmethod
+    def twin_defaults(cls) -> dict:
+        """The installed twin's constructor defaults for the hyperparameters this flow takes
+        (so defaults track torch versions)."""
+        twin = cls.twin()
+        if twin is None:
+            return {}
+        ours = inspect.signature(cls.__init__).parameters
+        return {k: p.default for k, p in inspect.signature(twin.__init__).parameters.items()
+                if k in ours and p.default is not inspect.Parameter.empty}
+
     def torch_kwargs(self) -> dict:
         """Keyword arguments for the torch.optim twin (schedule and clipping are applied by the
         caller, as torch users do)."""

@@ -143,4 +143,27 @@ class Clock:
         x.fill_(1 - kappa ** float(k))
 
 
-Rate = Linear | Toward | Clock
+@dataclass(frozen=True)
+class Exact:
+    """A rate whose Euler step of size ``step`` has a known exact value.
+
+    Continuously it is ``inner``; the discrete step of size ``step`` writes ``value`` instead of
+    rounding its way there. Used where torch assigns rather than updates: SGD's first momentum
+    step ``buf = g.clone()``, which equals the Euler step μ·b(0) + (1-d)·g₀ from the consistent
+    start b(0) = d·g₀/μ in exact arithmetic but not in floating point."""
+
+    inner: Linear | Toward
+    value: Tensor
+    step: float = 1.0
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        return self.inner.rate(x, out)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        if h == self.step:
+            x.copy_(self.value)
+        else:
+            self.inner.euler_(x, h)
+
+
+Rate = Linear | Toward | Clock | Exact

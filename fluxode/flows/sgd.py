@@ -5,7 +5,8 @@
     nesterov:  ḃ = g - (1-μ)·b,         Ẇ = -η(τ)·(g + μ·b)
 
 torch sets ``buf = g`` on the first step. That is the same equation started from the
-consistent initial condition b(0) = d·g₀/μ, since then μ·b(0) + (1-d)·g₀ = g₀.
+consistent initial condition b(0) = d·g₀/μ, since then μ·b(0) + (1-d)·g₀ = g₀; the discrete
+first step writes that exact value (``rates.Exact``) rather than rounding its way to it.
 
 Capabilities (``fluxode.flows.capabilities``):
 
@@ -23,13 +24,15 @@ from __future__ import annotations
 from .. import validation as check
 from .base import Block, Flow
 from .modified import ModifiedSGD
-from .rates import Linear, Term
+from .rates import Exact, Linear, Term
 
 
 class SGD(Flow):
     name = "sgd"
     summary = "gradient descent, heavy-ball and Nesterov momentum (torch.optim.SGD)"
     torch_twin = "SGD"
+    torch_names = {"b": "momentum_buffer"}
+    sparse_gradients = True  # every operation of the step takes a sparse g, as in torch
 
     def __init__(self, lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  *, maximize=False, schedule=None, max_grad_norm=None):
@@ -44,8 +47,6 @@ class SGD(Flow):
                              f"got momentum={momentum!r}, dampening={dampening!r}")
         self.vectors = ("b",) if self.momentum else ()
 
-    default_lr = 1e-2
-
     def init(self, W, g0=None):
         S = super().init(W, g0)
         if self.momentum and self.dampening and g0 is not None:
@@ -56,7 +57,8 @@ class SGD(Flow):
         mu, d = self.momentum, self.dampening
 
         def buffer(tau, S, g):
-            return (Linear((Term(1 - d, g),), decay=1 - mu, keep=mu),)
+            rate = Linear((Term(1 - d, g),), decay=1 - mu, keep=mu)
+            return (Exact(rate, g) if tau == 0 else rate,)  # torch: buf = g on the first step
 
         def position(tau, S, g):
             eta = self.eta(tau)
