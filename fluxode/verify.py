@@ -1,10 +1,11 @@
 """Check the discretizer against the installed torch.optim, case by case.
 
-Every registered flow with a torch twin runs through each of its option combinations
+Every registered flow with a reference twin (torch.optim's, or an installed reference package's)
+runs through each of its option combinations
 (``Flow.option_grid``), plus LR schedules and gradient clipping (against ``clip_grad_norm_``), on a small
 ``nn.Module`` with odd shapes and a parameter that never gets a gradient. fluxode's side is
-``FlowOptimizer`` at h = 1; torch's side is the single-tensor implementation
-(``foreach=False``). ``maximize`` cases maximize the negated loss, so both sides stay bounded.
+``FlowOptimizer`` at h = 1; the reference side is ``Flow.reference_optimizer`` (torch's
+single-tensor implementation, ``foreach=False``). ``maximize`` cases maximize the negated loss, so both sides stay bounded.
 
 Schedules: torch's schedulers update the lr recursively, which differs from the closed form
 η(τ) in the last bits, and such differences can grow along a trajectory. So a schedule case
@@ -50,7 +51,7 @@ SCHEDULES = ("linear:400:0.1", "cosine:500:0.001", "warmup:50:cosine:500")
 def cases() -> list[Case]:
     out = []
     for name, cls in FLOWS.items():
-        if cls.torch_twin is None:
+        if cls.twin() is None:
             continue
         out += [Case(name, opts) for opts in cls.option_grid()]
         out += [Case(name, {}, schedule=s) for s in SCHEDULES]
@@ -96,9 +97,7 @@ def run_case(case: Case, dtype: torch.dtype, steps: int, seed: int = 0) -> dict:
     y = torch.randn(64, 3, dtype=dtype)
     ref, mine = _Net().to(dtype), _Net().to(dtype)
     mine.load_state_dict(ref.state_dict())
-    cls = FLOWS[case.flow]
-    torch_opt = getattr(torch.optim, cls.torch_twin)(ref.parameters(), lr=LR, foreach=False,
-                                                     **case.options)
+    torch_opt = FLOWS[case.flow](lr=LR, **case.options).reference_optimizer(ref.parameters())
     eta = schedules.parse(case.schedule)
     sched = torch_scheduler(eta, torch_opt)
     flux_opt = FlowOptimizer(mine.parameters(), case.flow, lr=LR,
@@ -146,12 +145,12 @@ def verify(dtype: str = "float64", steps: int = 1000, flows: list[str] | None = 
     if steps < 1:
         raise ValueError(f"steps must be in [1, inf), got {steps}")
     if flows is not None:
-        twins = sorted(n for n, c in FLOWS.items() if c.torch_twin)
+        twins = sorted(n for n, c in FLOWS.items() if c.twin() is not None)
         for name in flows:
             if name not in FLOWS:
                 raise ValueError(f"flow must be one of {sorted(FLOWS)}, got {name!r}")
             if name not in twins:
-                raise ValueError(f"flow {name!r} names no reference twin (torch_twin) to "
+                raise ValueError(f"flow {name!r} names no installed reference twin to "
                                  f"verify against; flows with one: {', '.join(twins)}")
     todo = [c for c in cases() if flows is None or c.flow in flows]
     records = []

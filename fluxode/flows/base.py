@@ -26,6 +26,7 @@ shape; packing into a flat buffer is the solver's private business (``fluxode.en
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -125,6 +126,7 @@ class Flow(Capabilities):
     summary: ClassVar[str] = ""
     torch_twin: ClassVar[str | None] = None  # name of the torch.optim class, if any
     torch_names: ClassVar[dict[str, str]] = {}  # state variable → the twin's state key
+    reference: ClassVar[str | None] = None  # "package.module:Class" of a non-torch reference
     needs_hessian: ClassVar[bool] = False
     sparse_gradients: ClassVar[bool] = False  # the discrete step accepts sparse gradients
     default_lr: ClassVar[float] = 1e-3  # used when there is no twin to read it from
@@ -272,8 +274,29 @@ class Flow(Capabilities):
     # --- torch twin and test table -----------------------------------------------------------
     @classmethod
     def twin(cls):
-        """The installed torch.optim class this flow reproduces, or None."""
-        return getattr(torch.optim, cls.torch_twin) if cls.torch_twin else None
+        """The installed class this flow reproduces: ``torch.optim.<torch_twin>``, else the
+        ``reference`` ("package.module:Class", e.g. a test twin from the dev extra), or None
+        (also when the reference package is not installed)."""
+        if cls.torch_twin:
+            return getattr(torch.optim, cls.torch_twin)
+        if cls.reference:
+            module, _, name = cls.reference.partition(":")
+            try:
+                return getattr(importlib.import_module(module), name)
+            except ImportError:
+                return None
+        return None
+
+    def reference_optimizer(self, params):
+        """The reference implementation of this flow's discrete map, configured as this flow
+        (torch's single-tensor path where the twin has a ``foreach`` switch)."""
+        twin = self.twin()
+        if twin is None:
+            raise ValueError(f"flow {self.name!r} has no installed reference implementation")
+        kw = self.torch_kwargs()
+        if "foreach" in inspect.signature(twin.__init__).parameters:
+            kw["foreach"] = False
+        return twin(params, **kw)
 
     @classmethod
     def twin_defaults(cls) -> dict:
