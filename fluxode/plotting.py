@@ -369,3 +369,41 @@ def save(fig, path: str | Path, dpi: int = 130) -> Path:
         pyplot = sys.modules.get("matplotlib.pyplot")
         if pyplot is not None:
             pyplot.close(fig)
+
+
+def central_flows(records: list[dict], title: str = ""):
+    """One column per ``fluxode.central.compare`` record: ‖w_disc − w_central‖/‖w_disc −
+    w_plain‖ over time; the discrete loss (raw and time-averaged), the plain flow's loss and
+    the central flow's predicted loss; the discrete and central (preconditioned) sharpness
+    with the threshold."""
+    fig = Figure(figsize=(4.6 * len(records), 9.5))
+    axes = fig.subplots(3, len(records), squeeze=False)
+    for j, r in enumerate(records):
+        t = r["times"]
+        name = f"{r['optimizer']} η={r['lr']:g}"
+        ax = axes[0, j]
+        ax.plot(t[1:], r["ratio"][1:], color="C3")
+        ax.axhline(0.1, color="k", ls=":", lw=1, label="target 0.1")
+        ax.axhline(1.0, color="gray", ls="--", lw=1)
+        ax.set_yscale("log")
+        ax.set_title(name)
+        _style(ax, ylabel="‖w_disc − w_central‖ / ‖w_disc − w_flow‖")
+        ax.legend(fontsize=8)
+        ax = axes[1, j]
+        ax.plot(range(len(r["discrete_loss"])), r["discrete_loss"], color="C0", lw=0.5,
+                alpha=0.4, label="discrete")
+        ax.plot(t, r["discrete_loss_avg"], color="C0", label=f"discrete, {r['window']}-step mean")
+        ax.plot(t, r["plain_loss"], color="C2", ls="--", label="plain flow")
+        ax.plot(t, r["predicted_loss"], color="C3", label="central: L + ½σ²S")
+        _style(ax, ylabel="loss", log=True)
+        ax.legend(fontsize=8)
+        ax = axes[2, j]
+        ax.plot(t, r["discrete_sharpness"], "o-", ms=3, color="C0", label="discrete")
+        ax.plot(t, r["central_sharpness"], color="C3", label="central")
+        ax.axhline(r["threshold"], color="k", ls=":", lw=1, label="threshold")
+        _style(ax, ylabel="(preconditioned) sharpness")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -27,46 +27,139 @@ from .flows import Flow, make_flow
 from .stability import max_stable_sharpness
 
 
-def lanczos_top(hvp: Callable[[Tensor], Tensor], v0: Tensor, iters: int = 20,
-                tol: float = 1e-10) -> tuple[float, Tensor]:
-    """Largest Ritz value and vector of the symmetric operator ``hvp`` after ``iters``
-    Lanczos steps from v0 (full reorthogonalization)."""
-    if iters < 1:
-        raise ValueError(f"iters must be in [1, inf), got {iters}")
-    q = v0 / v0.norm()
-    Q, alphas, betas = [], [], []
-    for j in range(iters):
-        Q.append(q)
-        w = hvp(q)
+@dataclass
+class Eigenpairs:
+    """Top eigenpairs of a symmetric operator with a convergence report.
+
+    ``values`` descending, ``vectors`` (n, k) orthonormal columns, ``residuals[i]`` =
+    ‖A uᵢ - λᵢ uᵢ‖ (the Lanczos estimate β_m·|e_mᵀ sᵢ|, exact with full reorthogonalization;
+    ``lanczos(check=True)`` recomputes it with k more products), ``converged`` when every
+    residual is ≤ tol·max(1, |λ₁|), ``products``: operator applications spent."""
+
+    values: list[float]
+    vectors: Tensor
+    residuals: list[float]
+    converged: bool
+    products: int
+    tol: float
+
+    @property
+    def top(self) -> float:
+        return self.values[0]
+
+    def report(self) -> dict:
+        return {"values": self.values, "residuals": self.residuals,
+                "converged": self.converged, "products": self.products}
+
+
+def lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, k: int = 1, iters: int = 40,
+            tol: float = 1e-6, min_iters: int = 4, check: bool = False,
+            seed: int = 0) -> Eigenpairs:
+    """The k largest eigenpairs of the symmetric operator ``op`` by Lanczos with full
+    reorthogonalization from v0 (a vector, or an (n, j) block of previous eigenvectors: a warm
+    start from their sum plus a small random part, so a newly risen eigenvalue is not missed).
+    Stops when the k Ritz pairs' residual estimates are below tol·max(1, |λ₁|) (checked from
+    ``min_iters`` steps on) or after ``iters`` steps."""
+    if iters < 1 or k < 1:
+        raise ValueError(f"iters and k must be in [1, inf), got {iters}, {k}")
+    if v0.dim() == 2:
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(v0.shape[0], generator=gen, dtype=v0.dtype).to(v0.device)
+        q = v0.sum(1)
+        q = q / q.norm() + 1e-2 * noise / noise.norm()
+    else:
+        q = v0
+    q = q / q.norm()
+    Qbuf = torch.empty(iters, q.numel(), dtype=q.dtype, device=q.device)
+    alphas, betas = [], []
+    products, ritz = 0, None
+    while True:
+        j = len(alphas)
+        Qbuf[j] = q
+        w = op(q)
+        products += 1
         alphas.append(float(w @ q))
-        Qm = torch.stack(Q)
+        Qm = Qbuf[:j + 1]
         for _ in range(2):
             w = w - Qm.T @ (Qm @ w)
         b = float(w.norm())
-        if b < tol * max(1.0, abs(alphas[-1])) or j == iters - 1:
+        m = len(alphas)
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        vals, vecs = np.linalg.eigh(T)
+        kk = min(k, m)
+        res = [abs(b * vecs[-1, -1 - i]) for i in range(kk)]
+        ritz = (vals, vecs, res)
+        scale = max(1.0, abs(vals[-1]))
+        invariant = b < 1e-12 * scale
+        done = kk == k and j + 1 >= min_iters and max(res) <= tol * scale
+        if invariant or done or j + 1 >= iters:
             break
         betas.append(b)
         q = w / b
-    k = len(alphas)
-    T = np.diag(alphas) + np.diag(betas[:k - 1], 1) + np.diag(betas[:k - 1], -1)
-    vals, vecs = np.linalg.eigh(T)
-    v = torch.stack(Q).T @ torch.from_numpy(vecs[:, -1]).to(v0.dtype)
-    return float(vals[-1]), v / v.norm()
+    vals, vecs, res = ritz
+    kk = len(res)
+    S = torch.from_numpy(vecs[:, ::-1][:, :kk].copy()).to(v0.dtype).to(v0.device)
+    U = Qbuf[:len(alphas)].T @ S
+    U = U / U.norm(dim=0, keepdim=True)
+    values = [float(x) for x in vals[::-1][:kk]]
+    if invariant:
+        res = [0.0] * kk
+    if check:
+        res = [float((op(U[:, i]) - values[i] * U[:, i]).norm()) for i in range(kk)]
+        products += kk
+    scale = max(1.0, abs(values[0]))
+    return Eigenpairs(values, U, [float(r) for r in res],
+                      kk == k and max(res) <= tol * scale, products, tol)
 
 
-def sharpness(loss: Callable[[Tensor], Tensor], W: Tensor, v0: Tensor | None = None,
-              iters: int = 20, seed: int = 0) -> tuple[float, Tensor]:
-    """(λ_max(∇²L(W)), its eigenvector) from Hessian-vector products of ``loss``."""
+def lanczos_top(hvp: Callable[[Tensor], Tensor], v0: Tensor, iters: int = 20,
+                tol: float = 1e-10) -> tuple[float, Tensor]:
+    """Largest Ritz value and vector of the symmetric operator ``hvp`` after at most ``iters``
+    Lanczos steps from v0 (full reorthogonalization; ``lanczos`` for more pairs and a
+    convergence report)."""
+    e = lanczos(hvp, v0, k=1, iters=iters, tol=tol, min_iters=iters)
+    return e.values[0], e.vectors[:, 0]
+
+
+def hvp_operator(loss: Callable[[Tensor], Tensor], W: Tensor,
+                 precond: Tensor | None = None) -> Callable[[Tensor], Tensor]:
+    """x ↦ ∇²L(W)·x by double backward, or P^{1/2}·∇²L(W)·P^{1/2}·x for a diagonal
+    preconditioner P (a tensor shaped like W): the operator whose top eigenvalue is the
+    (preconditioned) sharpness."""
     W = W.detach().requires_grad_(True)
     with torch.enable_grad():
         g = torch.autograd.grad(loss(W), W, create_graph=True)[0]
 
     def hvp(v):
-        return torch.autograd.grad(g, W, v, retain_graph=True)[0].detach()
+        return torch.autograd.grad(g, W, v.reshape(W.shape), retain_graph=True)[0] \
+            .detach().reshape(v.shape)
 
+    if precond is None:
+        return hvp
+    r = precond.detach().reshape(-1).sqrt()
+    return lambda v: r * hvp(r * v)
+
+
+def top_eigenpairs(loss: Callable[[Tensor], Tensor], W: Tensor, k: int = 1,
+                   v0: Tensor | None = None, precond: Tensor | None = None,
+                   iters: int = 40, tol: float = 1e-6, seed: int = 0) -> Eigenpairs:
+    """The k largest eigenpairs of ∇²L(W) (or of P^{1/2}∇²L(W)P^{1/2}) with a convergence
+    report; ``v0``: a warm start (a vector or previous eigenvectors as columns)."""
+    if v0 is None:
+        v0 = torch.randn(W.numel(), generator=torch.Generator().manual_seed(seed),
+                         dtype=W.dtype).to(W.device)
+    return lanczos(hvp_operator(loss, W, precond), v0, k=k, iters=iters, tol=tol, seed=seed)
+
+
+def sharpness(loss: Callable[[Tensor], Tensor], W: Tensor, v0: Tensor | None = None,
+              iters: int = 20, seed: int = 0, precond: Tensor | None = None
+              ) -> tuple[float, Tensor]:
+    """(λ_max(∇²L(W)), its eigenvector) from Hessian-vector products of ``loss``; with a
+    diagonal preconditioner P, λ_max(P^{1/2}∇²L(W)P^{1/2}) (= λ_max(PH), the preconditioned
+    sharpness) and its eigenvector."""
     if v0 is None:
         v0 = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed), dtype=W.dtype)
-    return lanczos_top(hvp, v0, iters)
+    return lanczos_top(hvp_operator(loss, W, precond), v0.reshape(-1), iters)
 
 
 # --- a small network with progressive sharpening -----------------------------------------------
@@ -131,7 +224,14 @@ def track(flow: Flow | str, problem, steps: int, every: int = 25, iters: int = 2
     """Run the discrete optimizer (h = 1, ``fluxode.engine.run`` from the consistent start,
     clipping included) for ``steps`` steps, recording the loss every step and the sharpness
     every ``every`` steps; ``threshold`` is the flow's largest stable sharpness at its lr
-    (None when the flow declares none)."""
+    (None when the flow declares none).
+
+    Adaptive flows state a preconditioner (``Flow.preconditioner(S)``, e.g. RMSprop's
+    1/(√v + ε)): their sharpness is then the preconditioned one, λ_max(P^{1/2}HP^{1/2})
+    (Cohen et al. 2022), measured with P at the state after each recorded step and compared
+    with the flow's own threshold (Adam: (2 + 2β₁)/((1-β₁)η)); ``preconditioned`` says
+    which was measured. Before the first step an adaptive flow's preconditioner is not yet
+    defined (v = 0, Adam's clocks at 0): its records start after step 1."""
     flow = make_flow(flow, **hyperparameters) if isinstance(flow, (str, type)) else flow
     if steps < 1 or every < 1:
         raise ValueError(f"steps and every must be in [1, inf), got {steps}, {every}")
@@ -141,20 +241,25 @@ def track(flow: Flow | str, problem, steps: int, every: int = 25, iters: int = 2
         threshold = None
     S, g, H = engine.start(flow, problem, problem.x0())
     losses, at, sharp, v = [], [], [], None
+    preconditioned = False
 
     def record(S, tau):
-        nonlocal v
+        nonlocal v, preconditioned
         k = len(losses)
         if k % every == 0 or k == steps:
-            s, v = sharpness(problem.loss, S["W"], v, iters)
-            at.append(k)
-            sharp.append(s)
+            P = flow.preconditioner(S)
+            if k > 0 or type(flow).preconditioner is Flow.preconditioner:
+                preconditioned = preconditioned or P is not None
+                s, v = sharpness(problem.loss, S["W"], v, iters, precond=P)
+                at.append(k)
+                sharp.append(s)
         losses.append(float(problem.loss(S["W"])))
         if not np.isfinite(losses[-1]):
             raise ValueError(f"the run diverged at step {k}: lower lr")
 
     engine.run(flow, problem, S, steps, first=(g, H), record=record)
     return {"flow": flow.name, "lr": flow.lr, "threshold": threshold,
+            "preconditioned": preconditioned,
             "loss": losses, "sharpness_steps": at, "sharpness": sharp}
 
 

@@ -178,7 +178,8 @@ def test_modified_is_refused_where_it_is_not_derived():
         L.sweep(make_flow("sgd", lr=0.1, momentum=0.9), "quadratic", T=1.0,
                 hs=[0.25, 0.125, 0.0625], modified=True)
     with pytest.raises(ValueError, match="modified"):
-        L.sweep(make_flow("adam"), "quadratic", T=1.0, hs=[0.25, 0.125, 0.0625], modified=True)
+        L.sweep(make_flow("adam", amsgrad=True), "quadratic", T=1.0, hs=[0.25, 0.125, 0.0625],
+                modified=True)
 
 
 def test_demo_error_vs_h_writes_figure_and_orders(tmp_path):

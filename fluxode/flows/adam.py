@@ -29,7 +29,7 @@ from torch import Tensor
 from .. import validation as check
 from .base import Block, Envelope, Flow
 from .capabilities import SqrtPoint
-from .modified import SignFlow
+from .modified import ModifiedAdam, SignFlow
 from .rates import Clock, Linear, Term, Toward
 
 
@@ -111,6 +111,37 @@ class Adam(Flow):
             raise ValueError("betas-fixed limit of Adam is derived for amsgrad=False")
         return SignFlow(lr=self.lr, eps=self.eps, weight_decay=self.weight_decay,
                         decoupled=self.decoupled_decay, maximize=self.maximize)
+
+    def modified(self, h, path="rates"):
+        """The first-order modified flow at step h along ``rates`` (``ModifiedAdam``: the
+        moment and clock filters at rates -log(1-h(1-βᵢ))/h, started half a step ahead;
+        Ẇ scaled by 1 + hηλ/2 under decoupled decay)."""
+        self._require_constant_lr("modified flows")
+        if path != "rates":
+            raise self._refuse(f"modified flow along {path!r} (derived along 'rates')")
+        if self.amsgrad:
+            raise ValueError("the modified flow of Adam is derived for amsgrad=False")
+        return ModifiedAdam(lr=self.lr, betas=self.betas, eps=self.eps,
+                            weight_decay=self.weight_decay, decoupled=self.decoupled_decay,
+                            h=h, maximize=self.maximize)
+
+    def preconditioner(self, S):
+        """P = 1/(c₁·(√(v̂/c₂) + ε)) (per entry): the Euler step is W ← W - h·η·P·m, so the
+        linearized dynamics see the preconditioned Hessian P^{1/2}HP^{1/2} (Cohen et al. 2022)
+        and its top eigenvalue is compared with ``max_stable_sharpness``. Before the first
+        step (c = 0) the step's own limit 1/(|g|+ε) is unknown: None."""
+        bc1, bc2 = float(S["c1"]), float(S["c2"])
+        if bc1 == 0 or bc2 == 0:
+            return None
+        v = S["vmax"] if self.amsgrad else S["v"]
+        return 1.0 / ((v.sqrt() / bc2 ** 0.5).add_(self.eps) * bc1)
+
+    def max_stable_sharpness(self):
+        """(2 + 2β₁)/((1-β₁)·lr): the largest eigenvalue of the preconditioned Hessian
+        P^{1/2}HP^{1/2} (``preconditioner``) that Adam with v frozen tolerates (heavy ball with
+        momentum β₁ on (1-β₁)·λ(PH)); the adaptive edge of stability, 38/lr at β₁ = 0.9."""
+        b1 = self.betas[0]
+        return (2 + 2 * b1) / ((1 - b1) * self.lr)
 
     def sqrt_point(self, h):
         """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, Σ → Σ/h."""

@@ -12,6 +12,8 @@ the natural "none" (no jump times, no fused kernel).
     frozen_states()          the states linear stability analysis holds fixed on L = ½λw²
     stable_lr(lam, v)        the closed-form largest stable lr on L = ½λw²
     max_stable_sharpness()   the largest curvature stable at the flow's lr (edge of stability)
+    preconditioner(S)        P at state S: stability is decided by λ_max(P^{1/2}HP^{1/2})
+                             against max_stable_sharpness (None: unpreconditioned, P = I)
     jump_times(T)            step-clock times in [0, T] where the field jumps
     fused_step_(τ, S, g, h, backend) / fused_field_into(τ, S, g, out, backend)
                              the flow's fused kernels (False: none applies)
@@ -123,6 +125,13 @@ class Capabilities:
         """The largest curvature λ the discrete map tolerates at the flow's lr (the edge of
         stability); declared per flow."""
         raise self._refuse("maximal stable sharpness")
+
+    def preconditioner(self, S: dict):
+        """The diagonal preconditioner P (a tensor shaped like W) at state S, such that the
+        discrete step with the flow's frozen states acts on the curvature P^{1/2}HP^{1/2}
+        (``fluxode.sharpness`` measures its top eigenvalue). Default: None (P = I, plain
+        sharpness: gradient descent and its momentum variants)."""
+        return None
 
     # --- solver hints -----------------------------------------------------------------------
     def jump_times(self, T: float) -> list[float]:

@@ -22,7 +22,7 @@ import math
 from .. import validation as check
 from .base import Block, Flow
 from .capabilities import SqrtPoint
-from .modified import SignFlow
+from .modified import ModifiedRMSprop, SignFlow
 from .rates import Linear, Term, Toward
 
 
@@ -96,6 +96,30 @@ class RMSprop(Flow):
             raise ValueError("betas-fixed limit of RMSprop is derived for centered=False")
         return SignFlow(lr=self.lr / (1 - self.momentum), eps=self.eps,
                         weight_decay=self.weight_decay, maximize=self.maximize)
+
+    def modified(self, h, path="rates"):
+        """The first-order modified flow at step h along ``rates`` (``ModifiedRMSprop``:
+        Ẇ = -ηP[g + (h/2)ηHPg], the v-filter at rate -log(1-h(1-α))/h half a step ahead, and
+        from torch's v = 0 a start shift for the 1/√τ transient)."""
+        self._require_constant_lr("modified flows")
+        if path != "rates":
+            raise self._refuse(f"modified flow along {path!r} (derived along 'rates')")
+        if self.momentum or self.centered:
+            raise ValueError("the modified flow of RMSprop is derived for momentum=0, "
+                             "centered=False")
+        return ModifiedRMSprop(lr=self.lr, alpha=self.alpha, eps=self.eps,
+                               weight_decay=self.weight_decay, h=h, maximize=self.maximize)
+
+    def preconditioner(self, S):
+        """P = 1/(√v + ε) (centered: 1/(√(v - ḡ²) + ε)), per entry: with v frozen the step is
+        W ← W - η·P·g (μ = 0), so stability is decided by λ_max(P^{1/2}HP^{1/2}) against
+        ``max_stable_sharpness`` (Cohen et al. 2022)."""
+        return 1.0 / self._denominator(S)
+
+    def max_stable_sharpness(self):
+        """(2 + 2μ)/lr: the largest eigenvalue of the preconditioned Hessian P^{1/2}HP^{1/2}
+        (``preconditioner``) stable for RMSprop with v frozen (heavy ball on λ(PH))."""
+        return (2 + 2 * self.momentum) / self.lr
 
     def sqrt_point(self, h):
         """lr → √h·lr, α → 1 - h(1-α), ε → ε/√h, Σ → Σ/h."""
