@@ -142,6 +142,9 @@ def test_capabilities_reach_the_modified_adaptive_flows():
 def test_limit_command_runs_the_adam_modified_sweep(tmp_path):
     from fluxode.cli import main
 
-    main(["limit", "--flow", "adam", "--problem", "quadratic", "--T", "2",
+    main(["limit", "--flow", "adam", "--problem", "quadratic", "--lr", "0.05", "--T", "4", "--hs", "0.125", "0.0625", "0.03125", "0.015625",
           "--modified", "--out", str(tmp_path)])
-    assert any(tmp_path.iterdir())
+    import json
+
+    rec = json.loads((tmp_path / "limit.json").read_text())
+    assert rec["reference"] == "modified" and rec["order"] == pytest.approx(2.0, abs=0.1)
