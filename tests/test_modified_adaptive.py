@@ -142,8 +142,8 @@ def test_capabilities_reach_the_modified_adaptive_flows():
 def test_limit_command_runs_the_adam_modified_sweep(tmp_path):
     from fluxode.cli import main
 
-    main(["limit", "--flow", "adam", "--problem", "quadratic", "--lr", "0.05", "--T", "4", "--hs", "0.125", "0.0625", "0.03125", "0.015625",
-          "--modified", "--out", str(tmp_path)])
+    main(["limit", "--flow", "adam", "--problem", "quadratic", "--lr", "0.05", "--T", "4",
+          "--hs", "0.125", "0.0625", "0.03125", "0.015625", "--modified", "--out", str(tmp_path)])
     import json
 
     rec = json.loads((tmp_path / "limit.json").read_text())
