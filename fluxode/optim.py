@@ -32,6 +32,7 @@ run a flow's fused kernel (step or field) where it has one.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -134,8 +135,10 @@ class FlowOptimizer(torch.optim.Optimizer):
 
     def _state(self, flow: Flow, p: Tensor, g: Tensor) -> dict:
         """The flow state of parameter p as a dict {W: p, var: tensor}, created on first use
-        from the flow's declared initial values (g: p's clipped raw gradient); a state that
-        came from torch (step count only) gets its clocks from the step count."""
+        from the flow's declared initial values (g: p's clipped raw gradient). A variable the
+        state lacks starts now, from its declared initial value (momentum switched on
+        mid-run; torch's ``momentum_buffer = None``); a clock from the step count (a state
+        that came from torch)."""
         st = self.state[p]
         if not any(v is not None for v in st.values()):
             st.clear()
@@ -147,13 +150,12 @@ class FlowOptimizer(torch.optim.Optimizer):
         S = {"W": p}
         for v in flow.variables():
             key = self._key(flow, v)
-            if key not in st or st[key] is None:
-                if not v.is_clock:
-                    raise ValueError(f"optimizer state of a parameter lacks {key!r}, which flow "
-                                     f"{flow.name!r} keeps (a state dict from another "
-                                     "optimizer?)")
-                st[key] = flow.clock_values(int(st["step"]))[v.name]
+            if st.get(key) is None:  # a variable that starts now (momentum switched on)
+                st[key] = flow.clock_values(int(st["step"]))[v.name] if v.is_clock \
+                    else v.initial(p, flow.effective_gradient(p, g))
             x = st[key]
+            if v.is_clock and isinstance(x, Tensor):  # torch keeps such scalars as tensors
+                x = st[key] = x.item()
             S[v.name] = torch.tensor(x, dtype=torch.float64) if v.is_clock else x
         return S
 
@@ -193,7 +195,7 @@ class FlowOptimizer(torch.optim.Optimizer):
             for p, g in zip(params, grads):
                 S = self._state(flow, p, g)
                 st = self.state[p]
-                if p.is_complex():  # torch steps the real view of complex parameters
+                if p.is_complex() and flow.complex_as_real:  # as torch does
                     S = {n: torch.view_as_real(x) if x.is_complex() else x for n, x in S.items()}
                     g = torch.view_as_real(g)
                 engine.step_(flow, S, g, float(st["step"]) * h, h, backend=self.backend)
@@ -224,6 +226,8 @@ class FlowOptimizer(torch.optim.Optimizer):
         self.last_nfe = 0
         loss, raw0 = gradients()
         W0 = {p: p.detach().clone() for p in all_params}
+        if not raw0:  # nothing to integrate (no gradient, or only zero-element parameters)
+            return loss
         plan = _Plan(self, raw0, h)
         try:
             y1 = plan.integrate(gradients)
@@ -350,11 +354,11 @@ def _check_saved(flow: Flow, gi: int, p: Tensor, st: dict) -> None:
     for v in flow.variables():
         key = flow.torch_names.get(v.name, v.name)
         x = st.get(key)
-        if x is None and v.is_clock:
-            continue  # a torch state: the clock follows from the step count
+        if x is None:
+            continue  # absent or None (torch's "not started"): it starts at first use
         want = v.shape_for(p.shape)
-        ok = isinstance(x, float) if v.is_clock else (
-            isinstance(x, Tensor) and tuple(x.shape) == want)
+        ok = (isinstance(x, float) or isinstance(x, Tensor) and x.numel() == 1) if v.is_clock \
+            else (isinstance(x, Tensor) and tuple(x.shape) == want)
         if not ok:
             raise ValueError(f"state dict does not fit param group {gi}: flow {flow.name!r} "
                              f"keeps {key!r} of shape {want} for a parameter of shape "
@@ -397,12 +401,14 @@ class _Plan:
             self.groups.append((flow, layout, units, slice(offset, offset + layout.size)))
             offset += layout.size
             states += [self._gather(flow, ps) for ps, _ in units]
-        kinds = {(S["W"].dtype, S["W"].device) for S in states}
-        if len(kinds) > 1:
-            raise ValueError("an ODE method needs every parameter with a gradient on one dtype "
-                             f"and device (the solver state is one buffer), got {kinds}")
+        devices = {S["W"].device for S in states}
+        if len(devices) > 1:
+            raise ValueError("an ODE method needs every parameter with a gradient on one device "
+                             f"(the solver state is one buffer), got {sorted(map(str, devices))}")
+        dtype = functools.reduce(torch.promote_types, (S["W"].dtype for S in states))
         self.raw0, self.first = raw0, True
-        self.y0 = torch.empty(offset, dtype=states[0]["W"].dtype, device=states[0]["W"].device)
+        # mixed precisions share one buffer in the widest dtype; each unit keeps its own
+        self.y0 = torch.empty(offset, dtype=dtype, device=devices.pop())
         it = iter(states)
         for flow, layout, units, seg in self.groups:
             layout.pack([next(it) for _ in units], self.y0[seg])
@@ -437,7 +443,8 @@ class _Plan:
         out = []
         for ps, _ in units:
             gs = [grads[p] if p in grads else torch.zeros_like(p) for p in ps]
-            out.append(gs[0].clone() if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs]))
+            g = gs[0].clone() if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])
+            out.append(g.to(self.y0.dtype))
         return out
 
     def _write_params(self, y: Tensor) -> None:

@@ -5,7 +5,9 @@ runs through each of its option combinations
 (``Flow.option_grid``), plus LR schedules and gradient clipping (against ``clip_grad_norm_``), on a small
 ``nn.Module`` with odd shapes and a parameter that never gets a gradient. fluxode's side is
 ``FlowOptimizer`` at h = 1; the reference side is ``Flow.reference_optimizer`` (torch's
-single-tensor implementation, ``foreach=False``). ``maximize`` cases maximize the negated loss, so both sides stay bounded.
+single-tensor implementation, ``foreach=False``). ``maximize`` cases maximize the negated
+loss, so both sides stay bounded. Parameters and every state tensor the twin keeps (under its
+own names: ``exp_avg``, ``momentum_buffer``, …) are compared.
 
 Schedules: torch's schedulers update the lr recursively, which differs from the closed form
 η(τ) in the last bits, and such differences can grow along a trajectory. So a schedule case
@@ -119,7 +121,18 @@ def run_case(case: Case, dtype: torch.dtype, steps: int, seed: int = 0) -> dict:
             sched.step()
             flux_sched.step()
     abs_err, rel_err, bitwise = 0.0, 0.0, True
-    for a, b in zip(ref.parameters(), mine.parameters()):
+    pairs = list(zip(ref.parameters(), mine.parameters()))
+    for a, b in list(pairs):  # the optimizer states too, under the twin's own names
+        theirs, ours = torch_opt.state.get(a, {}), flux_opt.state.get(b, {})
+        if not ours and a.grad is None:
+            continue  # never stepped (torch's Adagrad fills its state up front)
+        pairs += [(x, ours.get(k)) for k, x in theirs.items()
+                  if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() > 0]
+    for a, b in pairs:
+        if b is None or a.shape != b.shape:
+            abs_err = rel_err = float("inf")
+            bitwise = False
+            continue
         d = (a - b).abs().max().item()
         abs_err = max(abs_err, d)
         rel_err = max(rel_err, d / max(a.abs().max().item(), torch.finfo(dtype).tiny))

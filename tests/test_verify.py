@@ -1,4 +1,5 @@
-"""The discretizer at h = 1 against the installed torch.optim, every flow and option."""
+"""The discretizer at h = 1 against each installed reference twin (torch.optim or a reference
+package), every flow and option."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from fluxode import cli
 from fluxode.flows import FLOWS
 from fluxode.verify import cases, verify
 
-TWINS = sorted(n for n, c in FLOWS.items() if c.torch_twin)
+TWINS = sorted(n for n, c in FLOWS.items() if c.twin() is not None)
 
 
 def test_case_table_covers_every_twin_and_is_large():

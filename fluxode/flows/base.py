@@ -129,6 +129,7 @@ class Flow(Capabilities):
     reference: ClassVar[str | None] = None  # "package.module:Class" of a non-torch reference
     needs_hessian: ClassVar[bool] = False
     sparse_gradients: ClassVar[bool] = False  # the discrete step accepts sparse gradients
+    complex_as_real: ClassVar[bool] = True  # complex parameters step on their real view
     default_lr: ClassVar[float] = 1e-3  # used when there is no twin to read it from
 
     def __init__(self, lr: float | None = None, *, weight_decay: float = 0.0,

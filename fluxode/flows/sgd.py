@@ -32,7 +32,14 @@ class SGD(Flow):
     summary = "gradient descent, heavy-ball and Nesterov momentum (torch.optim.SGD)"
     torch_twin = "SGD"
     torch_names = {"b": "momentum_buffer"}
-    sparse_gradients = True  # every operation of the step takes a sparse g, as in torch
+    complex_as_real = False  # torch's SGD steps complex tensors as they are (linear update)
+
+    @property
+    def sparse_gradients(self) -> bool:
+        """Plain SGD steps sparse gradients as torch does. With momentum torch keeps a sparse,
+        uncoalesced buffer whose duplicate entries update W one by one: a different rounding
+        than a dense buffer, so fluxode refuses that case rather than differ silently."""
+        return self.momentum == 0
 
     def __init__(self, lr=None, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  *, maximize=False, schedule=None, max_grad_norm=None):
@@ -138,7 +145,7 @@ class SGD(Flow):
     def option_grid(cls):
         return [dict(momentum=m, dampening=d, nesterov=n, weight_decay=wd, maximize=mx)
                 for m, d, n in [(0.0, 0.0, False), (0.9, 0.0, False), (0.9, 0.1, False),
-                                (0.9, 0.0, True)]
+                                (0.99, 0.5, False), (0.3, 0.7, False), (0.9, 0.0, True)]
                 for wd in (0.0, 1e-2) for mx in (False, True)]
 
     @classmethod
