@@ -40,12 +40,20 @@ class Adam(Flow):
     clocks = ("c1", "c2")
     decoupled_decay = False
 
+    torch_names = {"m": "exp_avg", "v": "exp_avg_sq", "vmax": "max_exp_avg_sq"}
+
     def __init__(self, lr=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=None, amsgrad=False,
-                 *, maximize=False, schedule=None, max_grad_norm=None):
+                 *, maximize=False, schedule=None, max_grad_norm=None,
+                 decoupled_weight_decay=None):
         if weight_decay is None:
-            weight_decay = 1e-2 if self.decoupled_decay else 0.0
+            weight_decay = 1e-2 if type(self).decoupled_decay else 0.0
         super().__init__(lr, weight_decay=weight_decay, maximize=maximize, schedule=schedule,
                          max_grad_norm=max_grad_norm)
+        if decoupled_weight_decay is not None:  # torch.optim.Adam's switch to AdamW's decay
+            if type(self).decoupled_decay:
+                raise ValueError("decoupled_weight_decay is torch.optim.Adam's flag; AdamW's "
+                                 "weight decay is always decoupled")
+            self.decoupled_decay = check.flag("decoupled_weight_decay", decoupled_weight_decay)
         self.betas = check.betas(betas)
         self.eps = check.positive("eps", eps)
         self.amsgrad = check.flag("amsgrad", amsgrad)
@@ -199,8 +207,11 @@ class Adam(Flow):
         return True
 
     def hyperparameters(self):
-        return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,
-                "amsgrad": self.amsgrad}
+        hp = {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,
+              "amsgrad": self.amsgrad}
+        if not type(self).decoupled_decay:
+            hp["decoupled_weight_decay"] = self.decoupled_decay
+        return hp
 
     @classmethod
     def option_grid(cls):

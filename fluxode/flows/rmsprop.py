@@ -30,6 +30,7 @@ class RMSprop(Flow):
     name = "rmsprop"
     summary = "RMSprop: leaky mean of squared gradients (torch.optim.RMSprop)"
     torch_twin = "RMSprop"
+    torch_names = {"v": "square_avg", "gbar": "grad_avg", "b": "momentum_buffer"}
     default_lr = 1e-2
 
     def __init__(self, lr=None, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
