@@ -192,6 +192,8 @@ class FlowOptimizer(torch.optim.Optimizer):
                 raise RuntimeError(f"flow {flow.name!r} has no sparse form: it does not take "
                                    "sparse gradients (torch.optim.SparseAdam does)")
             clip_gradients_(grads, flow.max_grad_norm)
+            if self.backend != "reference" and self._group_step(flow, params, grads, h):
+                continue
             for p, g in zip(params, grads):
                 S = self._state(flow, p, g)
                 st = self.state[p]
@@ -202,6 +204,22 @@ class FlowOptimizer(torch.optim.Optimizer):
                 st["step"] += 1
                 self._store_clocks(flow, st, S)
         return loss
+
+    def _group_step(self, flow: Flow, params: list[Tensor], grads: list[Tensor],
+                    h: float) -> bool:
+        """The group's step as one multi-tensor launch of the flow's fused kernel (real, dense
+        parameters); False when the flow has none for these tensors."""
+        if not params or any(p.is_complex() or g.is_sparse for p, g in zip(params, grads)):
+            return False
+        states = [self._state(flow, p, g) for p, g in zip(params, grads)]
+        taus = [float(self.state[p]["step"]) * h for p in params]
+        if not flow.fused_group_step_(taus, states, grads, h, self.backend):
+            return False
+        for p, S in zip(params, states):
+            st = self.state[p]
+            st["step"] += 1
+            self._store_clocks(flow, st, S)
+        return True
 
     def _ode_step(self, closure):
         hs = {g["h"] for g in self.param_groups}

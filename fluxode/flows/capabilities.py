@@ -154,6 +154,14 @@ class Capabilities:
         no fused step (backend='fused' is refused)."""
         return self._no_fused("step", backend)
 
+    def fused_group_step_(self, taus: list[float], states: list[dict], grads: list,
+                          h: float = 1.0, backend: str = "auto") -> bool:
+        """Every state of ``states`` (one per parameter tensor, W included) ← its discrete step
+        of size h at its own τ, in one multi-tensor launch (a fused kernel over the lists, no
+        concatenation); False when none applies (the caller then steps tensor by tensor).
+        Default: none."""
+        return False
+
     def fused_field_into(self, tau: float, S: dict, g, out: dict,
                          backend: str = "auto") -> bool:
         """out ← dS/dτ through a fused kernel; False when none applies (the caller then
