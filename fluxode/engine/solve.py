@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import torch
-import torchdiffeq
 from torch import Tensor, nn
 
 ADAPTIVE = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
@@ -193,6 +192,8 @@ def solve(rhs: Callable[[float, Tensor], Tensor], y0: Tensor, times: Tensor, *,
     adaptive = method in ADAPTIVE
     fn = (_AdaptiveField if adaptive else _Field)(rhs, explain, min_step, max_steps,
                                                   check_finite, reject_nonfinite=adaptive)
+    import torchdiffeq  # here, not at import: commands that never solve start faster
+
     start = time.perf_counter()
     try:
         with torch.no_grad():
