@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import re
 import sys
 
 COMMANDS = ("demo", "flows", "verify", "compare", "limit", "stability", "train", "bench")
@@ -19,6 +20,8 @@ def _module(name: str):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fluxode", description="Optimizers as ODE flows: integrate, discretize, compare.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         mod = _module(name)
@@ -28,17 +31,67 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=doc[0] if doc else "", description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         p.set_defaults(_run=mod.run)
     return parser
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message as one line: ANSI escapes removed, lines joined."""
+    text = _ANSI.sub("", str(err))
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return "; ".join(lines) or type(err).__name__
+
+
+def classify(err: BaseException) -> tuple[int, str]:
+    """(exit code, message) for an expected failure; the message names the cause and the fix.
+
+    2: bad input (ValueError: arguments, checkpoints, output directories, budgets);
+    1: the computation failed (divergence, solver budget, numerics) or the filesystem did;
+    130: interrupted."""
+    from .engine import IntegrationError
+
+    msg = one_line(err)
+    if isinstance(err, KeyboardInterrupt):
+        return 130, (msg if str(err) else "interrupted; outputs already written are whole "
+                     "(written atomically)")
+    if isinstance(err, IntegrationError):
+        return 1, f"the solver stopped: {msg}"
+    if isinstance(err, FloatingPointError):
+        return 1, f"numerical failure: {msg}"
+    if isinstance(err, ValueError):
+        return 2, msg
+    if isinstance(err, OSError):
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        reason = err.strerror or msg
+        return 1, (f"cannot write or read a file{where}: {reason}: check the path, its "
+                   "permissions and the free space")
+    if isinstance(err, MemoryError):
+        return 1, "out of memory: lower the problem size, --steps or --T"
+    import torch
+
+    if isinstance(err, torch.linalg.LinAlgError):
+        return 1, (f"numerical failure in linear algebra: {msg} (a singular Hessian? use "
+                   "another flow or problem)")
+    if isinstance(err, (RuntimeError, ArithmeticError, AssertionError, TypeError)):
+        return 1, (f"{type(err).__name__}: {msg} (rerun with --debug for the traceback)")
+    return 1, f"internal error {type(err).__name__}: {msg} (rerun with --debug for the traceback)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)
-    except ValueError as err:  # bad input: one clear line, no traceback
-        print(f"fluxode {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:  # the one error boundary
+        if getattr(args, "debug", False):
+            raise
+        code, msg = classify(err)
+        print(f"fluxode {args.command}: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -79,22 +79,39 @@ class Comparison:
 def compare(flow: Flow | str, problem: Problem | str, steps: int, h: float = 1.0,
             x0: Tensor | None = None, method: str = "dopri5", rtol: float = 1e-7,
             atol: float = 1e-9, step_size: float | None = None, options: dict | None = None,
-            label: str = "", refine: int = 1) -> Comparison:
+            label: str = "", refine: int = 1, max_steps: int = 100_000) -> Comparison:
     """Run the discretizer for ``steps`` steps of size h and integrate the flow to T = steps·h
-    from the same S(0); both sampled at τ = k·h (the ODE also ``refine`` - 1 times between)."""
+    from the same S(0); both sampled at τ = k·h (the ODE also ``refine`` - 1 times between).
+
+    Work is bounded before anything runs: ``steps`` (and the solver's steps) at most
+    ``max_steps``, and the saved states within ``integrate.MAX_SAVED_BYTES``."""
     flow = make_flow(flow) if isinstance(flow, str) else flow
     problem = make_problem(problem) if isinstance(problem, str) else problem
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer in [1, inf) for a comparison, got {steps!r}")
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
         raise ValueError(f"refine must be an integer in [1, inf), got {refine!r}")
+    from .engine.solve import check_max_steps
+    from .integrate import MAX_SAVED_BYTES, BudgetError
+
+    check_max_steps(max_steps)
+    if steps > max_steps:
+        raise BudgetError(f"steps={steps} is more than max_steps={max_steps} (the work budget "
+                          "of the discrete run and of the solver): lower steps or raise "
+                          "max_steps")
+    n = problem.x0().numel() * (1 + len(flow.variables()))
+    nbytes = (steps * refine + 1) * n * 8 * 2
+    if nbytes > MAX_SAVED_BYTES:
+        raise BudgetError(f"{steps} steps × refine {refine} of {n} numbers need "
+                          f"{nbytes / 2**30:.3g} GiB of saved states, over the "
+                          f"{MAX_SAVED_BYTES / 2**30:g} GiB budget: lower steps or refine")
     disc = run_discrete_trajectory(flow, problem, steps, h=h, x0=x0)
     k = torch.arange(steps * refine + 1, dtype=torch.float64)
     save_at = disc.times if refine == 1 else k * (float(h) / refine)
     if refine > 1:
         save_at[::refine] = disc.times  # the aligned samples sit exactly on τ = k·h
     cont = integrate(flow, problem, x0=x0, save_at=save_at, method=method, rtol=rtol,
-                     atol=atol, step_size=step_size, options=options)
+                     atol=atol, step_size=step_size, options=options, max_steps=max_steps)
     return Comparison(disc, cont, label or flow.name, refine)
 
 

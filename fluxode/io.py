@@ -71,3 +71,134 @@ def _jsonable(x):
     if isinstance(x, Path):
         return str(x)
     raise TypeError(f"cannot write {type(x).__name__} as JSON")
+
+
+# --- output directories: checked before any work, owned by one run at a time -----------------
+LOCK = ".fluxode.lock"
+
+
+class OutputError(ValueError):
+    """An output directory that cannot be used (not writable, under a file, owned by another
+    run)."""
+
+
+def check_writable(out, flag: str = "--out") -> Path:
+    """``out`` as a Path, refused unless it is a directory (or can become one) that this process
+    can write into: checked by creating and removing a probe file in ``out`` or in its nearest
+    existing ancestor, so nothing that existed changes."""
+    if out is None or str(out).strip() == "":
+        raise OutputError(f"{flag} is empty: give an output directory")
+    out = Path(out)
+    probe_dir = out
+    while not probe_dir.exists():
+        if probe_dir.parent == probe_dir:
+            break
+        probe_dir = probe_dir.parent
+    if probe_dir.exists() and not probe_dir.is_dir():
+        where = "is a file" if probe_dir == out else f"is under the file {probe_dir}"
+        raise OutputError(f"{flag} {out} {where}: give a directory path")
+    try:
+        with tempfile.TemporaryFile(dir=probe_dir, prefix=".fluxode-probe."):
+            pass
+    except OSError as err:
+        raise OutputError(f"{flag} {out} is not writable ({err.strerror or err}): choose "
+                          "another directory") from None
+    return out
+
+
+class DirectoryLock:
+    """``out/.fluxode.lock``: the owner's pid, host and start time, held with an exclusive
+    ``flock`` for the owner's lifetime (the kernel drops it when the owner dies, however).
+
+    A lock that another live process holds refuses the run. A lock file that nobody holds is
+    stale (its owner was killed): on this host it is reported through ``note`` and taken over;
+    a stale lock from another host cannot be checked and is refused."""
+
+    def __init__(self, out, note=None):
+        self.out, self.note = Path(out), note
+        self.path = self.out / LOCK
+        self.fd: int | None = None
+        self.created_dir = False
+
+    def acquire(self) -> DirectoryLock:
+        import fcntl
+        import socket
+
+        if not self.out.exists():
+            self.out.mkdir(parents=True)
+            self.created_dir = True
+        for _ in range(100):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                owner = _read_owner(self.path)
+                raise OutputError(f"{self.out} is in use by another run (pid "
+                                  f"{owner.get('pid', '?')} on {owner.get('host', '?')}): wait "
+                                  "for it to finish or choose another --out") from None
+            try:  # the owner may have removed the file between our open and our lock
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+        else:  # pragma: no cover - a lock file replaced a hundred times in a row
+            raise OutputError(f"could not lock {self.path}: it keeps changing")
+        owner = _read_owner(self.path)
+        host = socket.gethostname()
+        if owner and owner.get("host") not in (None, host):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            raise OutputError(f"{self.out} has a lock from pid {owner.get('pid')} on host "
+                              f"{owner.get('host')}, which this host cannot check: if that run "
+                              f"is gone, delete {self.path}")
+        if owner and self.note:
+            self.note(f"stale lock in {self.out} from pid {owner.get('pid')} on {host} "
+                      f"(started {owner.get('started', '?')}), which is no longer running: "
+                      "taking it over")
+        data = json.dumps({"pid": os.getpid(), "host": host,
+                           "started": _now()}).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def release(self, remove_dir_if_created: bool = False) -> None:
+        if self.fd is None:
+            return
+        import fcntl
+
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+        if remove_dir_if_created and self.created_dir:
+            try:
+                self.out.rmdir()  # only when empty: nothing of anyone else's goes
+            except OSError:
+                pass
+
+    def __enter__(self) -> DirectoryLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_owner(path: Path) -> dict:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _now() -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -7,6 +7,11 @@ torchdiffeq's dopri5 at rtol = atol = 1e-12 in float64. Errors are ‖W_h(τ) - 
 checkpoints τ = j·h_max (every h must divide h_max): the global error at T and the maximum
 over [0, T]. The order p is fitted by least squares on log e = p·log h + c with a t-based
 confidence interval for p.
+
+Sanity. Work is bounded before anything is allocated: the discrete run at the smallest h has
+at most ``max_steps`` steps (and the reference solve as many solver steps). An order is
+reported only from runs that are finite and bounded, whose errors shrink with h and lie above
+rounding level (``ROUNDING``); otherwise ``FitRefused`` says why.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ from torch import Tensor
 from . import paths as P
 from .discretize import run_discrete
 from .flows import Flow, make_flow
-from .integrate import integrate
+from .integrate import BudgetError, integrate
+
+ROUNDING = 1e-10  # errors below ROUNDING·max(1, ‖W‖) are at the reference's accuracy (1e-12)
+BLOWUP = 1e6      # a discrete run with ‖W‖ > BLOWUP·max(1, ‖W_ref‖) has diverged
+
+
+class FitRefused(ValueError):
+    """No meaningful order can be fitted from these runs (divergence, rounding level, ...)."""
 
 
 # --- order fitting -----------------------------------------------------------------------------
@@ -49,6 +61,10 @@ def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
                          f"got {len(h)}")
     if not (np.all(np.isfinite(h)) and np.all(h > 0)):
         raise ValueError("hs must be finite and in (0, inf)")
+    if len(np.unique(h)) != len(h):
+        dup = sorted({float(x) for x in h if np.sum(h == x) > 1})
+        raise ValueError(f"hs must be distinct step sizes; {', '.join(f'{x:g}' for x in dup)} "
+                         "given more than once")
     if not (np.all(np.isfinite(e)) and np.all(e > 0)):
         raise ValueError("errors must be finite and in (0, inf) (a zero or non-finite error "
                          "has no logarithm: check for divergence or a too-small h)")
@@ -68,11 +84,11 @@ def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
 
 # --- accurate continuous solutions ---------------------------------------------------------
 def continuous(flow: Flow, problem, W0: Tensor, times, method: str = "dopri5",
-               rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
+               rtol: float = 1e-12, atol: float = 1e-12, max_steps: int = 100_000) -> Tensor:
     """W(τ) at ``times`` (step clock, increasing, from 0) for the continuous flow: an accurate
     ``fluxode.integrate.integrate`` solve; returns a (len(times), n) tensor."""
     return integrate(flow, problem, x0=W0.detach().reshape(-1), save_at=times, method=method,
-                     rtol=rtol, atol=atol).W
+                     rtol=rtol, atol=atol, max_steps=max_steps).W
 
 
 def discrete(flow: Flow, problem, W0: Tensor, h: float, steps: int, every: int = 1) -> Tensor:
@@ -130,6 +146,10 @@ def _check_grid(T: float, hs) -> tuple[list[float], int, list[int]]:
     hs = [P.check_step(h) for h in hs]
     if len(hs) < 3:
         raise ValueError(f"hs must hold at least 3 step sizes, got {len(hs)}")
+    if len(set(hs)) != len(hs):
+        dup = sorted({h for h in hs if hs.count(h) > 1}, reverse=True)
+        raise ValueError(f"hs must be distinct step sizes; {', '.join(f'{h:g}' for h in dup)} "
+                         "given more than once")
     hs = sorted(hs, reverse=True)
     h_max = hs[0]
     n0 = round(T / h_max)
@@ -147,33 +167,72 @@ def _check_grid(T: float, hs) -> tuple[list[float], int, list[int]]:
 
 def sweep(flow: Flow | str, problem, T: float, hs=None, path: str = "rates",
           modified: bool = False, W0: Tensor | None = None, confidence: float = 0.95,
-          **hyperparameters) -> Sweep:
-    """Sweep h along ``path``: discrete runs to time T against the limit (or modified) flow."""
+          max_steps: int = 100_000, **hyperparameters) -> Sweep:
+    """Sweep h along ``path``: discrete runs to time T against the limit (or modified) flow.
+
+    ``max_steps`` bounds the discrete steps at the smallest h (checked before anything runs)
+    and the reference solve's steps. Raises ``FitRefused`` when the runs cannot give an
+    order (diverged, not convergent, errors at rounding level)."""
     flow = make_flow(flow, **hyperparameters) if isinstance(flow, str) else flow
     P.check_path(path)
     if path == "sqrt":
         raise ValueError("the sqrt path's limit is an SDE: use fluxode.sde for its study")
     problem = _problem(problem)
     hs, n0, ratios = _check_grid(T, default_hs(T) if hs is None else hs)
+    from .engine.solve import check_max_steps
+
+    check_max_steps(max_steps)
+    if n0 * ratios[-1] > max_steps:
+        raise BudgetError(f"T={T:g} at h={hs[-1]:g} is {n0 * ratios[-1]:.3g} discrete steps, "
+                          f"more than max_steps={max_steps}: lower T, use larger hs, or raise "
+                          "max_steps")
     W0 = (problem.x0() if W0 is None else W0).detach().reshape(-1)
     if W0.dtype != torch.float64:
         raise ValueError(f"limit sweeps run in float64, got W0 of dtype {W0.dtype}")
     checkpoints = torch.arange(n0 + 1, dtype=torch.float64) * hs[0]
-    plain = None if modified else continuous(P.limit_flow(flow, path), problem, W0, checkpoints)
-    errs, maxes = [], []
+    plain = None if modified else continuous(P.limit_flow(flow, path), problem, W0, checkpoints,
+                                             max_steps=max_steps)
+    errs, maxes, scale = [], [], 1.0
     for h, r in zip(hs, ratios):
-        ref = continuous(modified_flow(flow, h, path), problem, W0, checkpoints) \
-            if modified else plain
+        ref = continuous(modified_flow(flow, h, path), problem, W0, checkpoints,
+                         max_steps=max_steps) if modified else plain
+        ref_size = float(torch.linalg.vector_norm(ref, dim=1).max())
+        scale = max(scale, ref_size)
         Ws = discrete(P.discrete_flow(flow, h, path), problem, W0, h, n0 * r, every=r)
-        if not torch.isfinite(Ws).all():
-            raise ValueError(f"the discrete run diverged at h={h:g}: use smaller steps")
+        size = float(torch.linalg.vector_norm(Ws, dim=1).max()) \
+            if torch.isfinite(Ws).all() else math.inf
+        if size > BLOWUP * max(1.0, ref_size):
+            raise FitRefused(f"the discrete run at h={h:g} diverged (‖W‖ reached {size:.3g}, "
+                             f"the flow stays within {ref_size:.3g}): no order to fit; lower "
+                             "lr or use smaller hs")
         d = torch.linalg.vector_norm(Ws - ref, dim=1)
         errs.append(float(d[-1]))
         maxes.append(float(d.max()))
+    big = [h for h, e in zip(hs, maxes) if e > scale]
+    if big:
+        raise FitRefused(f"the error at h={', '.join(f'{h:g}' for h in big)} exceeds the size of "
+                         f"the solution ({scale:.3g}): the discrete runs are unstable or far "
+                         "from the asymptotic regime, no order to fit; use smaller hs or a "
+                         "smaller lr")
+    _check_fit(hs, errs, "error(T)", ROUNDING * scale)
+    _check_fit(hs, maxes, "max error", ROUNDING * scale)
     fit, fmax = fit_order(hs, errs, confidence), fit_order(hs, maxes, confidence)
     ref_name = "modified" if modified else ("limit" if path != "rates" else "flow")
     return Sweep(flow.name, getattr(problem, "name", "problem"), path, ref_name, float(T), hs,
                  errs, maxes, fit.order, fit.ci, fmax.order, fmax.ci, flow.hyperparameters())
+
+
+def _check_fit(hs, errs, what: str, floor: float) -> None:
+    """Refuse a fit on errors at rounding level or errors that do not shrink as h does."""
+    low = [h for h, e in zip(hs, errs) if not e > floor]
+    if low:
+        raise FitRefused(f"{what} at h={', '.join(f'{h:g}' for h in low)} is at rounding level "
+                         f"(≤ {floor:.1e}): the discrete runs match the reference to its "
+                         "accuracy, so no order can be fitted; use larger hs or a larger T")
+    if not errs[-1] < errs[0]:  # hs are sorted from the largest
+        raise FitRefused(f"{what} does not shrink with h ({errs[0]:.3g} at h={hs[0]:g}, "
+                         f"{errs[-1]:.3g} at h={hs[-1]:g}): the runs are not in the convergent "
+                         "regime; use smaller hs or a smaller lr")
 
 
 def _problem(problem):

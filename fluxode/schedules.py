@@ -27,6 +27,11 @@ class Schedule:
     def describe(self) -> str:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def spec(self) -> str:
+        """The short string ``parse`` maps back to an equal schedule (plain data: it is what
+        param groups, state dicts and checkpoints hold)."""
+        raise TypeError(f"{type(self).__name__} has no spec string")
+
 
 @dataclass(frozen=True)
 class Constant(Schedule):
@@ -35,6 +40,9 @@ class Constant(Schedule):
 
     def describe(self) -> str:
         return "η(τ) = lr"
+
+    def spec(self) -> str:
+        return "constant"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,14 @@ class Linear(Schedule):
         a, b, T = self.start_factor, self.end_factor, self.total_steps
         return f"η(τ) = lr·[{a:g} + ({b:g} - {a:g})·min(τ, {T})/{T}]"
 
+    def spec(self) -> str:
+        parts = [str(self.total_steps), _num(self.end_factor), _num(self.start_factor)]
+        if self.start_factor == 1.0:
+            parts.pop()
+            if self.end_factor == 0.0:
+                parts.pop()
+        return ":".join(["linear", *parts])
+
 
 @dataclass(frozen=True)
 class Cosine(Schedule):
@@ -75,6 +91,10 @@ class Cosine(Schedule):
     def describe(self) -> str:
         return (f"η(τ) = {self.eta_min:g} + (lr - {self.eta_min:g})·"
                 f"(1 + cos(π·τ/{self.total_steps}))/2")
+
+    def spec(self) -> str:
+        tail = "" if self.eta_min == 0.0 else f":{_num(self.eta_min)}"
+        return f"cosine:{self.total_steps}{tail}"
 
 
 @dataclass(frozen=True)
@@ -101,10 +121,29 @@ class Warmup(Schedule):
         W, a = self.warmup_steps, self.start_factor
         return f"η(τ) = lr·[{a:g} + (1 - {a:g})·τ/{W}] for τ < {W}, then {self.after.describe()} at τ - {W}"
 
+    def spec(self) -> str:
+        start = "" if self.start_factor == 0.1 else f":{_num(self.start_factor)}"
+        return f"warmup:{self.warmup_steps}{start}:{self.after.spec()}"
+
+
+def _num(x: float) -> str:
+    """A float as the shortest string that reads back as the same float."""
+    return repr(float(x))
+
+
+def spec(schedule):
+    """``schedule.spec()`` (a string) when the schedule has one; a custom schedule without a
+    spec is returned as it is (usable in-process, but not in a weights-only checkpoint)."""
+    try:
+        return schedule.spec()
+    except (TypeError, NotImplementedError, AttributeError):
+        return schedule
+
 
 def parse(spec: str | Schedule | None) -> Schedule:
-    """Build a schedule from a short string: ``constant``, ``linear:T[:end]``, ``cosine:T[:eta_min]``,
-    ``warmup:W:<inner spec>``. Example: ``warmup:100:cosine:1000``."""
+    """Build a schedule from a short string: ``constant``, ``linear:T[:end[:start]]``,
+    ``cosine:T[:eta_min]``, ``warmup:W[:start]:<inner spec>`` (start: the warmup's start factor,
+    default 0.1). Example: ``warmup:100:cosine:1000``. ``parse(s.spec()) == s``."""
     if spec is None:
         return Constant()
     if isinstance(spec, Schedule):
@@ -116,15 +155,26 @@ def parse(spec: str | Schedule | None) -> Schedule:
     try:
         if head == "constant" and not args:
             return Constant()
-        if head == "linear" and 1 <= len(args) <= 2:
-            return Linear(int(args[0]), 1.0, float(args[1]) if len(args) > 1 else 0.0)
+        if head == "linear" and 1 <= len(args) <= 3:
+            return Linear(int(args[0]), float(args[2]) if len(args) > 2 else 1.0,
+                          float(args[1]) if len(args) > 1 else 0.0)
         if head == "cosine" and 1 <= len(args) <= 2:
             return Cosine(int(args[0]), float(args[1]) if len(args) > 1 else 0.0)
         if head == "warmup" and len(args) >= 1:
-            inner = ":".join(args[1:]) or "constant"
-            return Warmup(int(args[0]), parse(inner))
+            rest, start = args[1:], 0.1
+            if rest and _is_number(rest[0]):
+                start, rest = float(rest[0]), rest[1:]
+            return Warmup(int(args[0]), parse(":".join(rest) or "constant"), start)
     except (TypeError, ValueError) as err:
         raise ValueError(f"schedule {spec!r}: {err}") from None
     raise ValueError(
-        f"schedule must be one of constant, linear:T[:end], cosine:T[:eta_min], "
-        f"warmup:W[:inner], got {spec!r}")
+        f"schedule must be one of constant, linear:T[:end[:start]], cosine:T[:eta_min], "
+        f"warmup:W[:start][:inner], got {spec!r}")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -283,6 +283,12 @@ class SweepResult:
     final_loss: Tensor              # (P,)
     final_error: Tensor | None      # (P,) ‖W(T) - W*‖ when the problem knows W*
     stats: dict = field(default_factory=dict)
+    diverged: Tensor | None = None  # (P,) bool: the point's trajectory turned non-finite
+
+    def report(self) -> list[str]:
+        """One line per diverged point: the point and the first time it was non-finite."""
+        return [f"point {d['point']} diverged (non-finite from τ = {d['time']:g})"
+                for d in self.stats.get("diverged", [])]
 
 
 def _setup(flow_name, problem, grid, fixed):
@@ -339,8 +345,16 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1
         raise ValueError(f"h must be in (0, inf), got {h!r}")
     problem, points, flows = _setup(flow_name, problem, grid, fixed)
     W0 = _start(problem, W0)
+    from .integrate import MAX_SAVED_BYTES, BudgetError
+
+    saved = steps // every + 1 + (steps % every != 0)
+    nbytes = len(points) * saved * W0.numel() * W0.element_size()
+    if nbytes > MAX_SAVED_BYTES:
+        raise BudgetError(f"{len(points)} points × {saved} saved steps of {W0.numel()} numbers "
+                          f"need {nbytes / 2**30:.3g} GiB, over the {MAX_SAVED_BYTES / 2**30:g} "
+                          "GiB budget: lower steps, raise every, or sweep fewer points")
     oracle = engine.Oracle(batched_grad(problem))
-    keep = [k for k in range(steps + 1) if k % every == 0 or k == steps]
+    keep = [k for k in range(0, steps + 1, every)] + ([steps] if steps % every else [])
     W = torch.empty(len(points), len(keep), W0.numel(), dtype=W0.dtype, device=W0.device)
     start = time.perf_counter()
     groups = _groups(flows)
@@ -358,7 +372,21 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1
     stats = {"kind": "discrete", "h": h, "steps": steps, "batches": len(groups),
              "wall_time_s": time.perf_counter() - start}
     times = torch.tensor(keep, dtype=torch.float64) * h
-    return _result(flow_name, problem, points, times, W, stats)
+    finite = torch.isfinite(W).all(dim=2)  # (P, K)
+    diverged = ~finite.all(dim=1)
+    stats["diverged"] = [{"point": points[i], "index": i,
+                          "time": float(times[int((~finite[i]).nonzero()[0])])}
+                         for i in diverged.nonzero().flatten().tolist()]
+    res = _result(flow_name, problem, points, times, W, stats)
+    res.diverged = diverged
+    if stats["diverged"]:
+        import warnings
+
+        lines = res.report()
+        warnings.warn(f"sweep_discrete: {len(lines)} of {len(points)} points diverged "
+                      f"(rows marked in .diverged, NaN/inf in W): {'; '.join(lines[:5])}"
+                      + (" ..." if len(lines) > 5 else ""), RuntimeWarning, stacklevel=2)
+    return res
 
 
 def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None,
@@ -383,6 +411,11 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
     W0 = _start(problem, W0)
     oracle = engine.Oracle(batched_grad(problem))
     layout = engine.Layout(flows[0], [(W0.numel(),)])
+    from .engine.solve import check_max_steps
+    from .integrate import check_budget
+
+    check_budget(t, method, step_size, check_max_steps(max_steps),
+                 len(points) * layout.size, W0.element_size())
     slices = layout.slices
     W = torch.empty(len(points), len(times), W0.numel(), dtype=W0.dtype, device=W0.device)
     nfe = [0]
@@ -412,8 +445,16 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
                 y0[:, sl] = S0[n].reshape(-1, 1) if n in clocks else S0[n]
             kw = dict(step_size=step_size) if method in engine.FIXED else dict(options={
                 "norm": lambda e: e.reshape(len(rows), -1).pow(2).mean(1).sqrt().max()})
-            sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
-                                   max_steps=max_steps, check_finite=False, **kw)
+            try:
+                sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
+                                       max_steps=max_steps, check_finite=False, **kw)
+            except engine.IntegrationError as err:
+                who = [points[i] for i in rows]
+                raise engine.IntegrationError(
+                    f"continuous sweep of {len(who)} point(s) {who[:4]}"
+                    f"{' ...' if len(who) > 4 else ''} stopped: {err} (a stiff point slows "
+                    "the whole batch: sweep it separately, lower its lr, or use a fixed-step "
+                    "method)") from None
             nfe[0] += st["nfe"]
             sol = sol if times[0] == 0 else sol[1:]
             W[rows] = sol[:, :, slices["W"]].transpose(0, 1)

@@ -8,15 +8,19 @@ Without --flow/--problem, --demo writes the side-by-side demo panels (ravine, Ro
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from .. import io
 from ..flows import FLOWS, make_flow
-from ..integrate import METHODS, IntegrationError
+from ..integrate import METHODS, BudgetError
 from ..problems import PROBLEMS, make_problem
-from .hyperparameters import add_flags, collect
+from .hyperparameters import add_flags, collect, flag
+
+
+# what --demo ignores: refused when given with a value other than the default
+RUN_FLAGS = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "step_size": None, "steps": 100,
+             "h": 1.0, "refine": 4, "dtype": "float64", "max_steps": 100_000}
 
 
 def add_arguments(p):
@@ -29,6 +33,8 @@ def add_arguments(p):
     p.add_argument("--steps", type=int, default=100, help="discrete steps (T = steps·h)")
     p.add_argument("--h", type=float, default=1.0, help="discrete step size on the step clock")
     p.add_argument("--refine", type=int, default=4, help="ODE samples per step for plots")
+    p.add_argument("--max-steps", type=int, default=100_000,
+                   help="work budget: discrete steps and solver steps (default 100000)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     p.add_argument("--out", default="fluxode-compare", help="output folder")
     p.add_argument("--demo", action="store_true", help="write the demo panels instead")
@@ -40,8 +46,14 @@ def run(args) -> int:
     from .. import compare as cmp
     from .. import plotting
 
-    out = Path(args.out)
+    out = io.check_writable(args.out)
     if args.demo:
+        given = [f for f, v in (("--flow", args.flow), ("--problem", args.problem)) if v]
+        given += [flag(k) for k, v in RUN_FLAGS.items() if getattr(args, k) != v]
+        given += [flag(k) for k in collect(args)]
+        if given:
+            raise ValueError(f"--demo runs its own flows and problems: drop {', '.join(given)} "
+                             "(or drop --demo)")
         summary = cmp.demo_panels(out)
         _report(args, summary, [f"{r['problem']:<10} {r['label']:<20} max ‖ΔW‖ "
                                 f"{r['max_param_distance']:.3g}" for r in summary["runs"]])
@@ -53,9 +65,10 @@ def run(args) -> int:
     try:
         comp = cmp.compare(flow, problem, args.steps, h=args.h, method=args.method,
                            rtol=args.rtol, atol=args.atol, step_size=args.step_size,
-                           label=f"{flow.name}, lr={flow.lr:g}", refine=args.refine)
-    except IntegrationError as err:
-        raise ValueError(str(err)) from None
+                           label=f"{flow.name}, lr={flow.lr:g}", refine=args.refine,
+                           max_steps=args.max_steps)
+    except BudgetError as err:
+        raise ValueError(f"{err} (flags: --steps, --refine, --step-size, --max-steps)") from None
     figures = []
     if problem.dim == 2:
         figures.append(plotting.save(plotting.trajectory_panels(problem, [comp]),

@@ -7,7 +7,6 @@ Runs in under a minute on a 2-core CPU.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
@@ -25,7 +24,7 @@ def _section(title):
 
 
 def run(args) -> int:
-    out = Path(args.out)
+    out = io.check_writable(args.out)
     t0 = time.perf_counter()
     summary: dict = {}
 

@@ -27,13 +27,26 @@ def add_arguments(p):
     p.add_argument("--modified", action="store_true", help="compare to the modified flow")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--out", help="write limit.json and limit.png into this folder")
+    p.add_argument("--max-steps", type=int, default=100_000,
+                   help="work budget: discrete steps at the smallest h, and solver steps of "
+                        "the reference (default 100000)")
     add_flags(p)  # every hyperparameter of every flow: --lr, --momentum, --betas, ...
 
 
 def run(args) -> int:
+    from ..integrate import BudgetError
+
     flow = make_flow(args.flow, **collect(args, flow=args.flow))
+    if args.out is not None:
+        from ..io import check_writable
+
+        check_writable(args.out)
     hs = args.hs or default_hs(args.T, 5, h_max=None)
-    s = sweep(flow, args.problem, T=args.T, hs=hs, path=args.path, modified=args.modified)
+    try:
+        s = sweep(flow, args.problem, T=args.T, hs=hs, path=args.path, modified=args.modified,
+                  max_steps=args.max_steps)
+    except BudgetError as err:
+        raise ValueError(f"{err} (flags: --T, --hs, --max-steps)") from None
     rec = s.to_dict()
     if args.out:
         from pathlib import Path

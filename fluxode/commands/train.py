@@ -10,6 +10,11 @@ and discrete methods). --compare-discrete also trains the discrete twin (same fl
 data order) in OUT/discrete and plots both in OUT/compare.png. A divergent run exits 1 and
 keeps the last good checkpoint; malformed input exits 2 before anything is written.
 
+One run owns --out at a time (OUT/.fluxode.lock: a second run on it is refused; a lock left by a
+killed run is reported and taken over). A fresh run refuses an --out that holds a run's outputs:
+continue it with --resume or replace it with --overwrite. --max-steps bounds each optimizer
+step of an adaptive --method (dopri5, ...): a stiff step stops with a clear message.
+
 Data-parallel:  torchrun --nproc_per_node=2 -m fluxode train ... (gloo on CPU): each minibatch
 is sharded across the ranks, gradients are all-reduced in every solver evaluation, rank 0
 writes the outputs; --resume works the same way.
@@ -19,12 +24,10 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from .. import distributed
 from .. import train as T
 from .hyperparameters import add_flags, collect
-
 
 OWN = ("lr", "weight_decay", "max_grad_norm")  # TrainConfig fields of their own
 
@@ -54,6 +57,11 @@ def add_arguments(p):
                    help="optimizer steps between checkpoints")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its outputs are removed)")
+    p.add_argument("--max-steps", type=int, default=d.max_steps,
+                   help="adaptive methods: solver steps allowed per optimizer step "
+                        f"(default {d.max_steps})")
     p.add_argument("--compare-discrete", action="store_true",
                    help="also train the discrete twin and plot both (OUT/compare.png)")
     p.add_argument("--json", action="store_true",
@@ -67,9 +75,13 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
         substeps=args.substeps, rtol=args.rtol, atol=args.atol, seed=args.seed,
-        checkpoint_every=args.checkpoint_every, dtype=args.dtype,
+        checkpoint_every=args.checkpoint_every, dtype=args.dtype, max_steps=args.max_steps,
         options=collect(args, skip=OWN, flow=args.flow)).validate()
-    out = Path(args.out)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: give one")
+    from .. import io
+
+    out = io.check_writable(args.out)
     twin = None
     if args.compare_discrete and config.method != "discrete":
         twin = T.TrainConfig(**{**config.__dict__, "method": "discrete"})
@@ -81,12 +93,13 @@ def run(args) -> int:
     log = None if args.json or not main else print
     try:
         summary = T.train(config, out, resume=args.resume, progress=not quiet, log=log,
-                          replicas=replicas)
+                          replicas=replicas, overwrite=args.overwrite, note=_note)
         if twin is not None:
             tdir = out / "discrete"
             summary["discrete"] = T.train(
                 twin, tdir, resume=args.resume and (tdir / T.CHECKPOINT).exists(),
-                progress=not quiet, log=log, replicas=replicas)
+                progress=not quiet, log=log, replicas=replicas,
+                overwrite=args.overwrite or args.resume, note=_note)
             if main:
                 runs = {f"{config.flow} {config.method}": T._load_history(out),
                         f"{config.flow} discrete": T._load_history(tdir)}
@@ -97,7 +110,7 @@ def run(args) -> int:
                                            "ODE-integrated vs discrete")
     except T.Diverged as err:
         if main:
-            print(f"fluxode train: {err}", file=sys.stderr)
+            print(f"fluxode train: error: {err}", file=sys.stderr)
         return 1
     finally:
         distributed.shutdown(replicas)
@@ -110,3 +123,7 @@ def run(args) -> int:
               f"{summary['final_loss']:.4f}, {summary['nfe_per_step']:.1f} gradient "
               f"evaluations/step, {summary['seconds']:.1f} s -> {out}")
     return 0
+
+
+def _note(msg: str) -> None:
+    print(f"fluxode train: note: {msg}", file=sys.stderr)

@@ -237,7 +237,7 @@ class Flow(Capabilities):
         """Hyperparameters under torch.optim's names (as accepted by the constructor)."""
         hp = {"lr": self.lr, "weight_decay": self.weight_decay, "maximize": self.maximize}
         if not isinstance(self.schedule, schedules.Constant):
-            hp["schedule"] = self.schedule
+            hp["schedule"] = schedules.spec(self.schedule)
         if self.max_grad_norm is not None:
             hp["max_grad_norm"] = self.max_grad_norm
         return hp
