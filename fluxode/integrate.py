@@ -17,6 +17,7 @@ no step straddles one. Guards, non-finite values and statistics: ``fluxode.engin
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from . import engine
 from .engine import ADAPTIVE, FIXED, METHODS, IntegrationError, Layout, all_finite
+from .engine.solve import check_max_steps
 from .flows import Flow, State, make_flow
 from .problems import Problem, make_problem
 
@@ -74,6 +76,32 @@ def _save_times(T, save_at, tau0: float = 0.0) -> Tensor:
     if t[-1] <= tau0:
         raise ValueError(f"save_at must reach past τ = {tau0:g}")
     return t
+
+
+MAX_SAVED_BYTES = 2 ** 31  # the saved states of one run: 2 GiB
+
+
+class BudgetError(ValueError):
+    """A run whose work or memory, estimated before anything is allocated, is over budget."""
+
+
+def check_budget(times: Tensor, method: str, step_size: float | None, max_steps: int,
+                 size: int, itemsize: int = 8) -> None:
+    """Refuse, before allocating, a solve over ``times`` whose fixed grid (step_size) has more
+    than ``max_steps`` steps, or whose saved states (len(times) × ``size`` numbers) exceed
+    ``MAX_SAVED_BYTES``. Adaptive methods are bounded while they run (``max_steps``)."""
+    t0, T = float(times[0]), float(times[-1])
+    if method in FIXED and isinstance(step_size, (int, float)) and 0 < step_size < math.inf:
+        n = math.ceil((T - t0) / float(step_size))
+        if n > max_steps:
+            raise BudgetError(
+                f"step_size={step_size:g} over [{t0:g}, {T:g}] is {n:.3g} solver steps, more "
+                f"than max_steps={max_steps}: raise step_size, lower T, or raise max_steps")
+    nbytes = len(times) * size * itemsize
+    if nbytes > MAX_SAVED_BYTES:
+        raise BudgetError(
+            f"saving {len(times)} points of {size} numbers needs {nbytes / 2**30:.3g} GiB, over "
+            f"the {MAX_SAVED_BYTES / 2**30:g} GiB budget: save fewer points or shorten T")
 
 
 def _problem_and_start(flow, problem, x0, dtype, device) -> tuple[Flow, Problem, Tensor]:
@@ -150,6 +178,8 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
     S0 = initial_state(flow, problem, W0, tau0)[0] if state is None \
         else _given_state(flow, problem, state)
     layout = Layout(flow, [W0.shape], backend)
+    check_budget(times, method, step_size, check_max_steps(max_steps), layout.size,
+                 W0.element_size())
     y0 = layout.pack([S0])
     msg = layout.explain(tau0, y0)
     if msg:
