@@ -122,6 +122,10 @@ def _validate(cls, name: str | None) -> None:
 
 FLOWS = Registry()
 
+REFUSED: dict[str, str] = {}
+"""Names of optimizers fluxode declines to model as flows → the reason (``flows.refusals``):
+``make_flow``/``FlowOptimizer`` raise it instead of "unknown flow"."""
+
 
 def register_flow(cls: type[Flow] | None = None, *, name: str | None = None,
                   replace: bool = False):
@@ -143,6 +147,8 @@ def flow_class(flow: str | type[Flow] | Flow) -> type[Flow]:
         try:
             return FLOWS[flow]
         except KeyError:
+            if flow in REFUSED:
+                raise ValueError(f"{flow!r} has no flow in fluxode: {REFUSED[flow]}") from None
             raise ValueError(f"flow must be one of {sorted(FLOWS)} (or a Flow class or "
                              f"instance), got {flow!r}") from None
     raise ValueError(f"flow must be a registered name, a Flow subclass or a Flow instance, "
