@@ -1,0 +1,177 @@
+"""ASGD (averaged SGD) as a flow (torch.optim.ASGD semantics).
+
+torch's step t = τ + 1 uses the step size η_t and averaging weight μ_t it computed at the end
+of the previous step (its ``eta`` and ``mu`` state), then writes the next ones:
+
+    E(τ) = lr/(1 + λ·lr·τ)^α          μ(τ) = 1/max(1, τ - t₀)        (E(0) = lr, μ(0) = 1)
+
+    Ẇ   = -E(τ)·(g + λ·W)                                  (λ = lambd; weight_decay is in g)
+    ȧx  = μ(τ)·(W - ax)                                    (Polyak–Ruppert averaging)
+
+After τ = t₀ + 1 the average is ax(τ) = (ax(t₀+1) + ∫_{t₀+1}^τ W)/(τ - t₀): the running mean
+of the trajectory since t₀; before, a unit-rate filter whose unit step copies W (torch's
+``ax.copy_(param)`` when μ = 1). The field is continuous; μ has a kink at τ = t₀ + 1
+(``jump_times``: a jump of μ̇, where adaptive solvers should stop).
+
+State. ``eta`` and ``mu`` are states as in torch (a torch LR scheduler changes lr, and torch's
+next η is computed with the lr of the step that just ran): each is a known function of τ,
+and each step writes its next value exactly (the exact solution of ẋ = E'(τ), μ'(τ)), in
+torch's scalar dtype at the unit step. Partitioned Euler order: W (with the held η), ax
+(with the new W and the held μ), then η and μ.
+
+Limits. Along betas-fixed (lr → h·lr, μ's step count t = τ/h) torch's W-equation is
+unchanged, since λ·(h·lr)·(τ/h) = λ·lr·τ: W follows the same flow on both paths, and only the
+averaging window changes (t₀·h → 0: ax → the mean of W over [0, τ]). fluxode's BetasFixed
+path divides auxiliary rates by h, which is not how η and μ scale, so ASGD declares no
+betas-fixed limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import schedules
+from .. import validation as check
+from .base import Block, Flow, Var
+from .nadam import scalar_dtype
+from .rates import Linear, Term
+
+
+def _in_scalar_dtype(x: float) -> float:
+    """x as torch keeps it in a scalar state tensor (float32 unless the default is float64)."""
+    return float(torch.tensor(x, dtype=scalar_dtype()))
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """ẋ = f'(τ) for a state that is a known function f of τ: each step of size h writes
+    f(τ + h) (in torch's scalar dtype at h = 1, as torch writes its ``eta``/``mu``)."""
+
+    f: Callable[[float], float]
+    df: Callable[[float], float]
+    tau: float
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        d = self.df(self.tau)
+        return torch.full_like(x, d) if out is None else out.fill_(d)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        v = self.f(float(self.tau) + h)
+        x.fill_(_in_scalar_dtype(v) if h == 1.0 else v)
+
+
+@dataclass(frozen=True)
+class Average:
+    """ȧx = μ·(W - ax); the unit step is torch's ``ax.add_(W.sub(ax).mul_(μ))``, or
+    ``ax.copy_(W)`` when μ = 1."""
+
+    mu: float
+    target: Tensor
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        r = (self.target - x).mul_(self.mu)
+        return r if out is None else out.copy_(r)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        if h == 1.0:
+            if self.mu == 1:
+                x.copy_(self.target)
+            else:
+                x.add_(self.target.sub(x).mul_(torch.tensor(self.mu, dtype=scalar_dtype())))
+        else:
+            x.add_(self.target.sub(x).mul_(h * self.mu))
+
+
+class ASGD(Flow):
+    name = "asgd"
+    summary = "averaged SGD: decaying step size and a Polyak–Ruppert average (torch.optim.ASGD)"
+    torch_twin = "ASGD"
+    torch_names = {"ax": "ax", "eta": "eta", "mu": "mu"}
+    default_lr = 1e-2
+
+    def __init__(self, lr=None, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
+                 maximize=False, schedule=None, max_grad_norm=None):
+        super().__init__(lr, weight_decay=weight_decay, maximize=maximize, schedule=schedule,
+                         max_grad_norm=max_grad_norm)
+        if not isinstance(self.schedule, schedules.Constant):
+            raise ValueError("ASGD carries its own step-size schedule lr/(1 + λ·lr·τ)^α; drive "
+                             "lr with a torch LR scheduler instead of schedule=")
+        self.lambd = check.at_least("lambd", lambd, 0.0)
+        self.alpha = check.at_least("alpha", alpha, 0.0)
+        self.t0 = check.at_least("t0", t0, 0.0)
+
+    # --- the step size and averaging weight as functions of τ --------------------------------
+    def E(self, tau: float) -> float:
+        """lr/(1 + λ·lr·τ)^α (torch's expression)."""
+        lr = self.lr
+        return lr / ((1 + self.lambd * lr * tau) ** self.alpha)
+
+    def dE(self, tau: float) -> float:
+        lr = self.lr
+        return -self.alpha * self.lambd * lr * lr * (1 + self.lambd * lr * tau) ** (-self.alpha - 1)
+
+    def mu_of(self, tau: float) -> float:
+        """1/max(1, τ - t₀) (torch's expression)."""
+        return 1 / max(1, tau - self.t0)
+
+    def dmu(self, tau: float) -> float:
+        return -1 / (tau - self.t0) ** 2 if tau - self.t0 > 1 else 0.0
+
+    def variables(self):
+        lr = self.lr
+        return (Var("ax"),
+                Var("eta", "scalar", init=lambda W, g0: torch.tensor(_in_scalar_dtype(lr)),
+                    dtype="float64"),
+                Var("mu", "scalar", init=1.0, dtype="float64"))
+
+    def clock_values(self, step):
+        """η and μ after ``step`` steps, as torch computes them."""
+        if step == 0:
+            return {"eta": _in_scalar_dtype(self.lr), "mu": 1.0}
+        return {"eta": _in_scalar_dtype(self.E(float(step))),
+                "mu": _in_scalar_dtype(self.mu_of(float(step)))}
+
+    def jump_times(self, T):
+        t = self.t0 + 1
+        return [t] if t <= T else []
+
+    def blocks(self):
+        def position(tau, S, g):
+            eta = float(S["eta"])
+            return (Linear((Term(-eta, g),), decay=self.lambd * eta, keep=1 - self.lambd * eta),)
+
+        def average(tau, S, g):
+            return (Average(float(S["mu"]), S["W"]),)
+
+        def clocks(tau, S, g):
+            return Sampled(self.E, self.dE, tau), Sampled(self.mu_of, self.dmu, tau)
+
+        return [Block(("W",), position), Block(("ax",), average), Block(("eta", "mu"), clocks)]
+
+    def equations(self):
+        return [f"E(τ) = lr/(1 + λ·lr·τ)^α          λ={self.lambd:g}, α={self.alpha:g}",
+                f"μ(τ) = 1/max(1, τ - t₀)          t₀={self.t0:g}",
+                "Ẇ   = -E(τ)·(g + λ·W)",
+                "ȧx  = μ(τ)·(W - ax)"]
+
+    def hyperparameters(self):
+        hp = {**super().hyperparameters(), "lambd": self.lambd, "alpha": self.alpha,
+              "t0": self.t0}
+        return hp
+
+    @classmethod
+    def option_grid(cls):
+        return [dict(lambd=lam, alpha=a, t0=t0, weight_decay=wd, maximize=mx)
+                for lam, a in ((1e-4, 0.75), (0.5, 0.5))
+                for t0 in (1e6, 10.0) for wd in (0.0, 1e-2) for mx in (False, True)
+                if not (mx and (wd or t0 != 10.0))]
+
+    @classmethod
+    def invalid_options(cls):
+        return super().invalid_options() + [{"lambd": -1.0}, {"alpha": -0.5}, {"t0": -3.0},
+                                            {"t0": math.nan}]

@@ -1,0 +1,157 @@
+"""Rprop as a flow (torch.optim.Rprop semantics): a sign flow with adaptive per-entry speeds.
+
+torch's step: F = η₊ where g·p > 0, η₋ where g·p < 0, 1 where g·p = 0 (p: the previous,
+masked gradient); s ← clamp(F·s, s_min, s_max); ĝ = g with the entries where F = η₋ zeroed;
+W ← W - s·sign(ĝ); p ← ĝ. The flow whose unit Euler step is that update:
+
+    ṡ  = (F(g·p) - 1)·s,  projected onto [s_min, s_max]      s(0) = lr   (step_size)
+    ṗ  = ĝ - p                                                p(0) = 0    (prev)
+    Ẇ  = -s ⊙ sign(ĝ)                                         ĝ = g·1{g·p ≥ 0}
+
+The continuous object. The field is discontinuous (a Filippov system): F, ĝ and sign(ĝ)
+jump where a gradient entry or its product with p changes sign. Its solutions are those of a
+sign flow whose speeds grow like e^{(η₊-1)τ} (up to s_max) while an entry's gradient keeps
+its sign; when g_i changes sign against p_i the entry stops (ĝ_i = 0), its speed decays like
+e^{(η₋-1)τ} towards s_min and p_i relaxes to 0 — the entry sits where its gradient changed
+sign (the continuous counterpart of Rprop's shrinking oscillation about a minimum) until
+g_i turns back. torch's start p = 0 gives F = 1 and ĝ = g: the flow is defined from τ = 0.
+Nothing is smooth here, so no order is assumed: along ``rates`` (Euler step h of this
+system) the error is measured (``experiments/zoo_table.py``; about O(h) away from switching
+times, worse where entries stop).
+
+Limits. lr only sets s(0); along betas-fixed (lr → h·lr, η± per step fixed) s(0) → 0 while
+s grows by η₊^{1/h} per unit time, so the path has no limit but the clamp s_max: Rprop
+declares no betas-fixed limit, and there is no square-root path for a sign method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import schedules
+from .. import validation as check
+from .base import Block, Flow, Var
+from .rates import Exact, Linear, Term, Toward
+
+
+@dataclass(frozen=True)
+class StepSize:
+    """ṡ = (F - 1)·s projected onto [lo, hi]; the unit step is torch's
+    ``s.mul_(F).clamp_(lo, hi)``."""
+
+    factor: Tensor
+    lo: float
+    hi: float
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        r = (self.factor - 1).mul_(x)
+        r = torch.where(((x >= self.hi) & (r > 0)) | ((x <= self.lo) & (r < 0)),
+                        torch.zeros_like(r), r)
+        return r if out is None else out.copy_(r)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        if h == 1.0:
+            x.mul_(self.factor).clamp_(self.lo, self.hi)
+        else:
+            x.add_((self.factor - 1).mul_(x), alpha=h).clamp_(self.lo, self.hi)
+
+
+class Rprop(Flow):
+    name = "rprop"
+    summary = "Rprop: a sign flow with per-entry speeds adapted by gradient sign agreement " \
+              "(torch.optim.Rprop)"
+    torch_twin = "Rprop"
+    torch_names = {"s": "step_size", "p": "prev"}
+    default_lr = 1e-2
+
+    def __init__(self, lr=None, etas=(0.5, 1.2), step_sizes=(1e-6, 50), *, maximize=False,
+                 schedule=None, max_grad_norm=None):
+        super().__init__(lr, maximize=maximize, schedule=schedule, max_grad_norm=max_grad_norm)
+        if not isinstance(self.schedule, schedules.Constant):
+            raise ValueError("Rprop's lr is only its initial step size; a schedule has no "
+                             "effect (torch ignores lr after the first step)")
+        etas = tuple(etas) if isinstance(etas, (tuple, list)) else etas
+        if not (isinstance(etas, tuple) and len(etas) == 2):
+            raise ValueError(f"etas must be a pair (etaminus, etaplus), got {etas!r}")
+        em, ep = (check.positive("etaminus", etas[0]), check.positive("etaplus", etas[1]))
+        if not 0.0 < em < 1.0 < ep:
+            raise ValueError(f"etas must satisfy 0 < etaminus < 1 < etaplus, got {etas!r}")
+        self.etas = (em, ep)
+        sizes = tuple(step_sizes) if isinstance(step_sizes, (tuple, list)) else step_sizes
+        if not (isinstance(sizes, tuple) and len(sizes) == 2):
+            raise ValueError(f"step_sizes must be a pair (min, max), got {step_sizes!r}")
+        lo, hi = check.at_least("step_size_min", sizes[0], 0.0), check.positive(
+            "step_size_max", sizes[1])
+        if lo > hi:
+            raise ValueError(f"step_sizes must have min ≤ max, got {step_sizes!r}")
+        self.step_sizes = (lo, hi)
+
+    def variables(self):
+        lr = self.lr
+        return (Var("s", init=lambda W, g0: torch.full_like(W, lr)), Var("p"))
+
+    def admissible(self, S):
+        """s ∈ [s_min, s_max]."""
+        lo, hi = self.step_sizes
+        if bool((S["s"] < lo).any()) or bool((S["s"] > hi).any()):
+            S = dict(S)
+            S["s"] = S["s"].clamp(lo, hi)
+        return S
+
+    def _factor(self, g: Tensor, p: Tensor) -> Tensor:
+        em, ep = self.etas
+        sign = g.mul(p).sign()
+        sign[sign.gt(0)] = ep
+        sign[sign.lt(0)] = em
+        sign[sign.eq(0)] = 1
+        return sign
+
+    def _masked(self, g: Tensor, factor: Tensor) -> Tensor:
+        g = g.clone(memory_format=torch.preserve_format)
+        g[factor.eq(self.etas[0])] = 0
+        return g
+
+    def blocks(self):
+        lo, hi = self.step_sizes
+
+        def step_size(tau, S, g):
+            return (StepSize(self._factor(g, S["p"]), lo, hi),)
+
+        def position(tau, S, g):
+            gh = self._masked(g, self._factor(g, S["p"]))
+            return (Linear((Term(-1, gh.sign(), S["s"], "mul"),)),)
+
+        def prev(tau, S, g):
+            gh = self._masked(g, self._factor(g, S["p"]))
+            return (Exact(Toward(1.0, gh), gh),)
+
+        return [Block(("s",), step_size), Block(("W",), position), Block(("p",), prev)]
+
+    def equations(self):
+        em, ep = self.etas
+        lo, hi = self.step_sizes
+        return [f"F  = η₊ (g·p > 0), η₋ (g·p < 0), 1 (g·p = 0)     η₋={em:g}, η₊={ep:g}",
+                f"ṡ  = (F - 1)·s  on [{lo:g}, {hi:g}],  s(0) = lr",
+                "ĝ  = g·1{g·p ≥ 0},   ṗ = ĝ - p,  p(0) = 0",
+                "Ẇ  = -s ⊙ sign(ĝ)"]
+
+    def hyperparameters(self):
+        hp = super().hyperparameters()
+        hp.pop("weight_decay")
+        return {**hp, "etas": self.etas, "step_sizes": self.step_sizes}
+
+    @classmethod
+    def option_grid(cls):
+        return [dict(etas=e, step_sizes=s, maximize=mx)
+                for e in ((0.5, 1.2), (0.3, 1.5)) for s in ((1e-6, 50), (1e-3, 0.05))
+                for mx in (False, True) if not (mx and e != (0.5, 1.2))]
+
+    @classmethod
+    def invalid_options(cls):
+        return [{"lr": -1.0}, {"lr": float("nan")}, {"maximize": "yes"},
+                {"max_grad_norm": 0.0}, {"schedule": "bogus"}, {"etas": (1.5, 1.2)},
+                {"etas": (0.5, 0.9)}, {"etas": 0.5}, {"step_sizes": (1.0, 0.1)},
+                {"step_sizes": (-1.0, 1.0)}]
