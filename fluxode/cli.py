@@ -83,7 +83,12 @@ def classify(err: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # SIGINT while the commands are imported
+        parser = build_parser()
+    except KeyboardInterrupt:
+        print("fluxode: interrupted", file=sys.stderr)
+        return 130
+    args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
     except (Exception, KeyboardInterrupt) as err:  # the one error boundary

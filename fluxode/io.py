@@ -13,11 +13,19 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 → the mode open() would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -202,3 +210,23 @@ def _now() -> str:
     import time
 
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def check_not_in_use(out) -> None:
+    """Refuse ``out`` while a live run holds its lock (read-only probe: nothing is created)."""
+    import fcntl
+
+    path = Path(out) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = _read_owner(path)
+        raise OutputError(f"{out} is in use by another run (pid {owner.get('pid', '?')} on "
+                          f"{owner.get('host', '?')}): wait for it to finish or choose another "
+                          "--out") from None
+    finally:
+        os.close(fd)

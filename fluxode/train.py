@@ -381,13 +381,19 @@ def train(config: TrainConfig, out, *, resume: bool = False, progress: bool | No
         lock.release(remove_dir_if_created=not ok)
 
 
+def check_fresh(out, resume: bool, overwrite: bool) -> None:
+    """Refuse a fresh run (neither resume nor overwrite) on a directory holding a run."""
+    out = Path(out)
+    held = [name for name in OUTPUTS if (out / name).exists()]
+    if held and not resume and not overwrite:
+        raise io.OutputError(f"{out} already holds a run ({', '.join(held)}): continue it "
+                             "with --resume, or replace it with --overwrite")
+
+
 def _train(config, out, resume, progress, log, replicas, overwrite, lock) -> dict:
     main = replicas.is_main
-    if main and not resume:
-        held = [name for name in OUTPUTS if (out / name).exists()]
-        if held and not overwrite:
-            raise io.OutputError(f"{out} already holds a run ({', '.join(held)}): continue it "
-                                 "with --resume, or replace it with --overwrite")
+    if main:
+        check_fresh(out, resume, overwrite)
     dtype = DTYPES[config.dtype]
     data = datasets.load(config.dataset, dtype)
     model = build_model(config.model, data.n_features, data.n_classes, dtype, config.seed)

@@ -85,8 +85,10 @@ def run(args) -> int:
     twin = None
     if args.compare_discrete and config.method != "discrete":
         twin = T.TrainConfig(**{**config.__dict__, "method": "discrete"})
-    if args.resume:  # refuse a bad checkpoint before writing anything
+    io.check_not_in_use(out)
+    if args.resume:  # refuse a bad checkpoint before writing anything (train checks again)
         T.load_checkpoint(out / T.CHECKPOINT, config)
+    T.check_fresh(out, args.resume, args.overwrite)  # on every rank, before torchrun joins
     replicas = distributed.from_env()  # torchrun: join the process group (gloo)
     main = replicas.is_main
     quiet = args.json or not sys.stderr.isatty()
