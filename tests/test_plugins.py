@@ -54,10 +54,10 @@ def test_register_flow_refuses_duplicates_and_validates(flowpkg):
     class Other(flowpkg.Lion):
         pass
 
-    with pytest.raises(ValueError, match="'lion' is already registered.*replace=True"):
+    with pytest.raises(ValueError, match="'my-lion' is already registered.*replace=True"):
         register_flow(Other)
     assert register_flow(flowpkg.Lion) is flowpkg.Lion  # the same class again: a no-op
-    assert register_flow(Other, replace=True) is Other and FLOWS["lion"] is Other
+    assert register_flow(Other, replace=True) is Other and FLOWS["my-lion"] is Other
 
     @register_flow(name="lion-alias")
     class Alias(flowpkg.Lion):
@@ -89,23 +89,23 @@ def test_entry_points_load_lazily_and_a_broken_plugin_only_warns(monkeypatch):
 
 def test_installed_plugin_is_found_through_its_entry_points(flowpkg):
     reg = registry.Registry()
-    assert {"lion", "factored-rms"} <= set(reg)
-    assert reg["lion"] is flowpkg.Lion and reg["factored-rms"] is flowpkg.FactoredRMS
+    assert {"my-lion", "factored-rms"} <= set(reg)
+    assert reg["my-lion"] is flowpkg.Lion and reg["factored-rms"] is flowpkg.FactoredRMS
 
 
 def test_make_flow_takes_a_name_a_class_or_an_instance(flowpkg):
     lion = make_flow(flowpkg.Lion, lr=3e-4, betas=(0.95, 0.98))
     assert isinstance(lion, flowpkg.Lion) and lion.lr == 3e-4 and lion.betas == (0.95, 0.98)
     assert make_flow(lion) is lion
-    assert isinstance(make_flow("lion"), flowpkg.Lion)
+    assert isinstance(make_flow("my-lion"), flowpkg.Lion)
     with pytest.raises(ValueError, match="ready-made flow"):
         make_flow(lion, lr=1.0)
-    with pytest.raises(ValueError, match="flow 'lion' has no hyperparameter 'momentum'"):
+    with pytest.raises(ValueError, match="flow 'my-lion' has no hyperparameter 'momentum'"):
         make_flow(flowpkg.Lion, momentum=0.9)
     with pytest.raises(ValueError, match="flow must be one of"):
         make_flow("no-such-flow")
     with pytest.raises(ValueError, match="betas"):
-        make_flow("lion", betas=(1.5, 0.9))
+        make_flow("my-lion", betas=(1.5, 0.9))
 
 
 # --- flags derived from the hyperparameters --------------------------------------------------
@@ -138,7 +138,7 @@ def test_a_flag_the_flow_does_not_take_is_one_line_error(capsys):
 def test_verify_flow_filter_refuses_flows_without_a_twin():
     from fluxode.verify import verify
 
-    with pytest.raises(ValueError, match="flow 'newton' names no reference twin"):
+    with pytest.raises(ValueError, match="flow 'newton' names no installed reference twin"):
         verify(steps=1, flows=["newton"])
     with pytest.raises(ValueError, match="flow must be one of"):
         verify(steps=1, flows=["nope"])
@@ -248,13 +248,13 @@ def test_factored_second_moment_matches_a_hand_loop(flowpkg):
 def test_fluxode_flows_lists_the_plugin_flows():
     out = json.loads(fluxode_cli("flows", "--json"))
     names = {r["flow"] for r in out}
-    assert {"lion", "factored-rms", "sgd", "adam"} <= names
-    lion = next(r for r in out if r["flow"] == "lion")
+    assert {"my-lion", "factored-rms", "sgd", "adam"} <= names
+    lion = next(r for r in out if r["flow"] == "my-lion")
     assert lion["state"] == ["W", "m"] and "sign" in lion["equations"][1]
 
 
 def test_fluxode_compare_runs_lion(tmp_path):
-    out = json.loads(fluxode_cli("compare", "--flow", "lion", "--problem", "quadratic",
+    out = json.loads(fluxode_cli("compare", "--flow", "my-lion", "--problem", "quadratic",
                                  "--lr", "0.01", "--betas", "0.9", "0.99", "--steps", "20",
                                  "--method", "rk4", "--step-size", "0.25",
                                  "--out", str(tmp_path), "--json"))
@@ -271,11 +271,11 @@ def test_fluxode_limit_fits_order_one_for_the_smooth_plugin_flow():
 
 
 def test_fluxode_train_runs_lion_with_rk4(tmp_path):
-    out = json.loads(fluxode_cli("train", "--flow", "lion", "--method", "rk4", "--epochs", "1",
+    out = json.loads(fluxode_cli("train", "--flow", "my-lion", "--method", "rk4", "--epochs", "1",
                                  "--dataset", "iris", "--model", "logreg", "--batch-size", "64",
                                  "--lr", "1e-3", "--betas", "0.9", "0.99",
                                  "--out", str(tmp_path), "--json"))
-    assert out["flow"] == "lion" and out["steps"] >= 1 and out["nfe_per_step"] == 4.0
+    assert out["flow"] == "my-lion" and out["steps"] >= 1 and out["nfe_per_step"] == 4.0
 
 
 def test_readme_lion_is_the_plugin_lion_in_at_most_30_lines():

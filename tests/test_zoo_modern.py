@@ -30,7 +30,7 @@ from fluxode.problems import Problem, make_problem
 from fluxode.verify import run_case, Case, verify
 
 F64, F32 = torch.float64, torch.float32
-PACKAGES = {"lion-pytorch": "lion_pytorch", "sgd-schedulefree": "schedulefree",
+PACKAGES = {"lion": "lion_pytorch", "sgd-schedulefree": "schedulefree",
             "adamw-schedulefree": "schedulefree"}
 
 
@@ -41,7 +41,7 @@ def _need(flow: str):
 
 # --- exactness: the verify cases (FlowOptimizer vs the reference, states included) ------------
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("flow", ["adafactor", "lion-pytorch", "sgd-schedulefree",
+@pytest.mark.parametrize("flow", ["adafactor", "lion", "sgd-schedulefree",
                                   "adamw-schedulefree"])
 def test_every_verify_case_is_bitwise(flow, dtype):
     _need(flow)
@@ -52,7 +52,7 @@ def test_every_verify_case_is_bitwise(flow, dtype):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flow", ["adafactor", "lion-pytorch", "sgd-schedulefree",
+@pytest.mark.parametrize("flow", ["adafactor", "lion", "sgd-schedulefree",
                                   "adamw-schedulefree"])
 def test_defaults_bitwise_after_1000_float64_steps(flow):
     _need(flow)
@@ -279,7 +279,7 @@ def test_adafactor_state_after_a_step_is_torchs():
 
 
 # --- continuous runs -------------------------------------------------------------------------------
-CONTINUOUS = [("adafactor", dict(lr=0.05)), ("lion-pytorch", dict(lr=0.05)),
+CONTINUOUS = [("adafactor", dict(lr=0.05)), ("lion", dict(lr=0.05)),
               ("sgd-schedulefree", dict(lr=0.1)), ("adamw-schedulefree", dict(lr=0.05)),
               ("shampoo", dict(lr=0.1, eps=1.0))]
 
@@ -469,7 +469,7 @@ def test_sparse_adam_and_lbfgs_are_refused_with_the_reason(name, why):
 
 # --- registry and hyperparameters ---------------------------------------------------------------
 def test_registered_with_reference_defaults():
-    for name in ("adafactor", "muon", "lion-pytorch", "sgd-schedulefree", "adamw-schedulefree",
+    for name in ("adafactor", "muon", "lion", "sgd-schedulefree", "adamw-schedulefree",
                  "shampoo"):
         assert name in FLOWS
     assert Adafactor().lr == torch.optim.Adafactor([torch.zeros(1, requires_grad=True)]) \

@@ -45,7 +45,7 @@ from .rates import Linear, Term
 
 
 class Lion(Flow):
-    name = "lion-pytorch"
+    name = "lion"
     summary = "Lion: the sign of the interpolated momentum (reference: lion-pytorch)"
     reference = "lion_pytorch:Lion"
     default_lr = 1e-4

@@ -4,7 +4,7 @@ With ``tests/flowpkg`` on ``sys.path`` the neighbouring ``fluxode_flowpkg-0.1.di
 this an installed package whose entry points (group ``fluxode.flows``) name both classes, so
 every ``fluxode`` command sees them; importing it also registers them (``@register_flow``).
 
-    lion          Ẇ = -η(τ)·[sign(β₁m + (1-β₁)g) + λW]      ṁ = (1-β₂)(g - m)
+    my-lion       Ẇ = -η(τ)·[sign(β₁m + (1-β₁)g) + λW]      ṁ = (1-β₂)(g - m)
     factored-rms  ṙ = (1-β₂)(mean_last(g²) - r)          ċ = (1-β₂)(mean_2nd-last(g²) - c)
                   v̂ = r cᵀ / mean(r)                     Ẇ = -η(τ)·g / (√v̂ + ε)
 """
@@ -22,7 +22,7 @@ from fluxode.flows.rates import Linear, Term, Toward
 @register_flow
 class Lion(Flow):
     """Ẇ = -η(τ)·[sign(β₁m + (1-β₁)g) + λW],  ṁ = (1-β₂)(g - m): W first, with the old m."""
-    name, summary, default_lr = "lion", "Lion: the sign of the interpolated momentum", 1e-4
+    name, summary, default_lr = "my-lion", "Lion: the sign of the interpolated momentum", 1e-4
     vectors, decoupled_decay = ("m",), True
 
     def __init__(self, lr=None, betas=(0.9, 0.99), weight_decay=0.0, *, maximize=False,
