@@ -61,7 +61,7 @@ def euler_step_(flow: Flow, tau: float, S: State, g: Tensor, h: float = 1.0,
 
 
 def run_discrete(flow: Flow, grad_fn: Callable[[Tensor], Tensor], W0: Tensor, steps: int,
-                 h: float = 1.0, hess_fn: Callable[[Tensor], Tensor] | None = None,
+                 h: float | None = None, hess_fn: Callable[[Tensor], Tensor] | None = None,
                  every: int = 1) -> tuple[Tensor, Tensor]:
     """Iterate the discrete map from W0 on a flat (or any-shape) parameter tensor: a thin
     caller of ``fluxode.engine.run`` with ``grad_fn(W)`` as the oracle.
@@ -69,7 +69,9 @@ def run_discrete(flow: Flow, grad_fn: Callable[[Tensor], Tensor], W0: Tensor, st
     Returns (taus, Ws): step-clock times and the parameters every ``every``-th step,
     including the start."""
     from .engine import Oracle, run, start
+    from .paths import step_of
 
+    h = step_of(flow, h)  # the step the flow carries (paths.discrete_flow), else h or 1
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an integer in [0, inf), got {steps!r}")
     oracle = Oracle(lambda W, tau: grad_fn(W), hess_fn and (lambda W: hess_fn(W)))

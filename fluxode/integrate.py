@@ -215,15 +215,18 @@ def _trajectory(layout, problem, times, sol, kind, flow, stats) -> Trajectory:
 
 
 def run_discrete_trajectory(flow: Flow | str, problem: Problem | str, steps: int,
-                            h: float = 1.0, x0: Tensor | None = None, every: int = 1,
+                            h: float | None = None, x0: Tensor | None = None, every: int = 1,
                             dtype: torch.dtype | None = None, device=None,
                             state: State | None = None, tau0: float = 0.0,
                             backend: str = "reference") -> Trajectory:
     """The discretizer (partitioned Euler, step h; h = 1 is torch.optim) from the same S(τ₀)
-    as ``integrate``, as a Trajectory at τ₀ + k·h for every ``every``-th k (and the last)."""
-    h = engine.check_positive("h", h)
+    as ``integrate``, as a Trajectory at τ₀ + k·h for every ``every``-th k (and the last).
+    h: the step the flow carries (``paths.discrete_flow``), else 1; a different h is refused."""
+    from .paths import step_of
+
     flow, problem, W0 = _problem_and_start(flow, problem, _start_point(x0, state), dtype,
                                            device)
+    h = engine.check_positive("h", step_of(flow, h))
     tau0 = float(tau0) if tau0 == 0 else engine.check_positive("tau0", tau0)
     layout = Layout(flow, [W0.shape])
     if state is None:

@@ -1,5 +1,22 @@
 """Stochastic limits: minibatch noise, the SDEs of SGD, RMSprop and Adam on noisy quadratics.
 
+One clock. Everything here runs on the step clock τ (τ = k at the k-th torch step; τ = k·h at
+step h of a path). The Li–Tai–E formulas below are stated, as in the paper, in lr-time
+t = kη; the functions take the step clock and convert explicitly (``paths.lr_time``).
+
+SMEs for any problem or model (``SME``, ``sme_loss``, ``sgd_monte_carlo``). For SGD with lr η
+and batch B (with replacement) on a problem with per-example losses ℓᵢ, on the step clock,
+
+    dW = F(τ, W, ∇L(W)) dτ + η(τ)·Σ_B(W)^{1/2} dB,      Σ_B = Σ(W)/B,  Σ = cov(∇ℓᵢ(W))
+
+the drift F the flow's own field (Ẇ = -η(τ)·g for SGD; ``order=2``: the modified flow's,
+-η∇(L + (η/4)‖∇L‖²), Li–Tai–E's second order) and the diffusion measured on the model at
+every state: Σ_B^{1/2} as the n × m factor D/√B with DDᵀ = Σ, D the centred per-example
+gradients of m examples over √(m-1) (``noise="full"``: rank m; m ≤ ``examples`` drawn once;
+``noise="diagonal"``: √diag Σ, for models too large for a factor). torchsde integrates it
+(Euler–Maruyama, dt ≤ 1 step); ``sgd_monte_carlo`` runs the real discrete SGD (the engine's
+step, fresh minibatches) as the check.
+
 Minibatch noise. With per-example gradients gᵢ (i = 1..N), the gradient noise covariance is
 Σ = cov(gᵢ); a batch of B drawn with replacement has covariance Σ/B (without replacement
 Σ·(N-B)/(B(N-1))).
@@ -111,9 +128,11 @@ def sgd_moments(A, Sigma, x0, lr: float, steps: int) -> tuple[Tensor, Tensor]:
     return m, C
 
 
-def sde_moments(A, Sigma, x0, lr: float, t: float, order: int = 1) -> tuple[Tensor, Tensor]:
-    """Mean and covariance at lr-time t of the first- or second-order SGD SDE (closed form)."""
+def sde_moments(A, Sigma, x0, lr: float, T: float, order: int = 1) -> tuple[Tensor, Tensor]:
+    """Mean and covariance at step-clock T (T steps of SGD with lr η; lr-time t = ηT) of the
+    first- or second-order SGD SDE (closed form)."""
     A, Sigma = _spd("A", A), _spd("Sigma", Sigma)
+    t = lr * T  # lr-time, the formulas' clock
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
     lam, Q = torch.linalg.eigh(A)
@@ -126,8 +145,8 @@ def sde_moments(A, Sigma, x0, lr: float, t: float, order: int = 1) -> tuple[Tens
 
 
 def li_tai_e_study(A=None, Sigma=None, x0=None, T: float = 2.0, lrs=None) -> dict:
-    """Errors of the first- and second-order SDE moments against exact SGD moments at lr-time T,
-    with fitted weak orders (mean: 1 and 2; covariance, itself O(η): 2 and 2)."""
+    """Errors of the first- and second-order SDE moments against exact SGD moments at lr-time T
+    (the paper's clock: T/η steps), with fitted weak orders (mean: 1 and 2; covariance, itself O(η): 2 and 2)."""
     from .limits import fit_order
 
     A = torch.tensor([[2.0, 0.5], [0.5, 1.0]], dtype=torch.float64) if A is None else A
@@ -142,7 +161,7 @@ def li_tai_e_study(A=None, Sigma=None, x0=None, T: float = 2.0, lrs=None) -> dic
             if abs(steps * lr - T) > 1e-9 * T:
                 raise ValueError(f"T/lr must be an integer, got T={T:g}, lr={lr:g}")
             m, C = sgd_moments(A, Sigma, x0, lr, steps)
-            ms, Cs = sde_moments(A, Sigma, x0, lr, T, order)
+            ms, Cs = sde_moments(A, Sigma, x0, lr, steps, order)
             em.append(float((m - ms).norm()))
             ec.append(float((C - Cs).norm()))
         fm, fc = fit_order(lrs, em), fit_order(lrs, ec)
@@ -153,16 +172,17 @@ def li_tai_e_study(A=None, Sigma=None, x0=None, T: float = 2.0, lrs=None) -> dic
 
 
 class SGDSDE(torch.nn.Module):
-    """torchsde model of the SGD SDE on ½xᵀAx (lr-time): f = -A'x, g = √η Σ^{1/2} (general)."""
+    """torchsde model of the SGD SDE on ½xᵀAx on the step clock: f = -ηA'x, g = ηΣ^{1/2}
+    (general noise; lr-time t = ητ)."""
 
     noise_type, sde_type = "general", "ito"
 
     def __init__(self, A, Sigma, lr: float, order: int = 1):
         super().__init__()
         A = _spd("A", A)
-        self.drift = A + (lr / 2) * A @ A if order == 2 else A
+        self.drift = lr * (A + (lr / 2) * A @ A if order == 2 else A)
         lam, Q = torch.linalg.eigh(_spd("Sigma", Sigma))
-        self.root = math.sqrt(lr) * (Q * lam.clamp(min=0).sqrt()) @ Q.T
+        self.root = lr * (Q * lam.clamp(min=0).sqrt()) @ Q.T
 
     def f(self, t, y):
         return -y @ self.drift.T
@@ -384,3 +404,191 @@ def _study_row(h, m, v, R, m_ref, v_ref) -> dict:
             "var_err": float(np.abs(v - v_ref).max()),
             "mean_se": float(np.sqrt(v / R).max()),
             "var_se": float((v * np.sqrt(2 / (R - 1))).max())}
+
+
+# --- SMEs for any problem or model ---------------------------------------------------------------
+def _as_problem(problem, loss_fn=None, data=None):
+    """A problem with per-example losses: a ModuleProblem, an nn.Module with loss_fn and
+    data=(x, y), or any Problem with ``example_losses(W) -> (N,)``."""
+    from .problems import ModuleProblem
+
+    if isinstance(problem, torch.nn.Module):
+        if loss_fn is None or data is None:
+            raise ValueError("a model needs loss_fn and data=(x, y)")
+        problem = ModuleProblem(problem, loss_fn, data=data)
+    if isinstance(problem, ModuleProblem):
+        return problem
+    if not callable(getattr(problem, "example_losses", None)):
+        raise ValueError("the SME needs per-example losses: give a ModuleProblem, a model with "
+                         "loss_fn and data, or a Problem with example_losses(W) -> (N,)")
+    return problem
+
+
+class _Examples:
+    """ℓ(W, idx): the mean loss of the examples idx (vmap-able), and N."""
+
+    def __init__(self, problem):
+        from .problems import ModuleProblem
+
+        if isinstance(problem, ModuleProblem):
+            x = torch.cat([b[0] for b in problem.batches])
+            y = torch.cat([b[1] for b in problem.batches])
+            self.n = len(y)
+            self.fn = lambda W, idx: problem.batch_loss(W, (x[idx], y[idx]))
+        else:
+            self.n = len(problem.example_losses(problem.x0()))
+            self.fn = lambda W, idx: problem.example_losses(W)[idx].mean()
+        self.all = torch.arange(self.n)
+
+    def loss(self, W):
+        return self.fn(W, self.all)
+
+    def per_example_grads(self, W, idx):
+        """(len(idx), n): ∇ℓᵢ(W) for i in idx."""
+        g = torch.func.grad(self.fn)
+        return torch.func.vmap(lambda i: g(W, i[None]))(idx)
+
+
+def per_example_gradients(problem, W: Tensor, examples: Tensor | None = None, *,
+                          loss_fn=None, data=None) -> Tensor:
+    """The per-example gradients ∇ℓᵢ(W) (N × n, or the rows ``examples``) of a ModuleProblem,
+    a model (with loss_fn, data) or a Problem with ``example_losses``;
+    ``noise_covariance`` of them is Σ(W)."""
+    ex = _Examples(_as_problem(problem, loss_fn, data))
+    return ex.per_example_grads(W.detach(), ex.all if examples is None else examples)
+
+
+class SME(torch.nn.Module):
+    """The stochastic modified equation of SGD (lr η, batch B with replacement, torch's step)
+    on a problem with per-example losses, on the step clock, as a torchsde model
+    (state: P rows of W):
+
+        dW = F(τ, W, ∇L) dτ + η(τ)·(D(W)/√B) dB
+
+    F: ``flow``'s field (SGD: -η(τ)g; ``order=2``: the modified flow -η∇(L + c‖∇L‖²),
+    c = ``ModifiedSGD.coefficient`` at h = 1); D(W): the centred per-example gradients of
+    ``examples`` examples (drawn once) over √(m-1), so DDᵀ = Σ(W) (``noise="full"``, general
+    noise, rank m), or √diag Σ(W) (``noise="diagonal"``). Flows with auxiliary state
+    (momentum, adaptive) are refused: their noise enters through the auxiliaries."""
+
+    sde_type = "ito"
+
+    def __init__(self, problem, flow="sgd", batch_size: int = 1, order: int = 1,
+                 noise: str = "full", examples: int | None = 256, seed: int = 0,
+                 refresh: float = 1.0, *, loss_fn=None, data=None):
+        super().__init__()
+        from . import validation as check
+        from .flows import make_flow as _make
+
+        flow = _make(flow) if isinstance(flow, (str, type)) else flow
+        if flow.variables() or flow.needs_hessian or flow.weight_decay or flow.maximize \
+                or flow.max_grad_norm is not None:
+            raise ValueError(f"the SME is derived for SGD without momentum, decay or clipping "
+                             f"(its noise enters W directly); flow {flow.name!r} has state "
+                             f"{[v.name for v in flow.variables()]} or options it does not cover")
+        if order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {order!r}")
+        self.noise_type = check.choice("noise", noise, ("full", "diagonal"))
+        self.noise_type = "general" if noise == "full" else "diagonal"
+        self.flow, self.order = flow, order
+        self.B = check.positive_int("batch_size", batch_size)
+        self.problem = _as_problem(problem, loss_fn, data)
+        self.ex = _Examples(self.problem)
+        m = self.ex.n if examples is None else min(check.positive_int("examples", examples),
+                                                    self.ex.n)
+        if m < 2:
+            raise ValueError("the noise covariance needs at least 2 examples")
+        gen = torch.Generator().manual_seed(seed)
+        self.idx = self.ex.all if m == self.ex.n else torch.randperm(self.ex.n,
+                                                                     generator=gen)[:m]
+        self.c = flow.lr * (1 / 4) if order == 2 else 0.0  # c = s/4 at h = 1, μ = 0
+        self.refresh = check.positive("refresh", refresh)
+        self._cache = None  # (τ measured, factor per path)
+        self.silent = False  # True: no noise (the flow's ODE, integrated by the same scheme)
+
+    def _objective(self, W):
+        if not self.c:
+            return self.ex.loss(W)
+        L, g = torch.func.grad_and_value(self.ex.loss)(W)[::-1]
+        return L + self.c * (g * g).sum()
+
+    def f(self, t, y):
+        eta = self.flow.eta(float(t))
+        return -eta * torch.func.vmap(torch.func.grad(self._objective))(y)
+
+    def _factor(self, W):
+        G = self.ex.per_example_grads(W, self.idx)  # (m, n)
+        D = (G - G.mean(0)) / math.sqrt(len(self.idx) - 1)
+        if self.noise_type == "diagonal":
+            return D.pow(2).sum(0).sqrt()
+        return D.T  # (n, m)
+
+    def g(self, t, y):
+        """η(τ)·D(W)/√B; D re-measured at each path's state once per ``refresh`` steps of the
+        step clock (refresh ≤ dt: at every call)."""
+        tau = float(t)
+        if self.silent:
+            return torch.zeros(*y.shape, *((len(self.idx),) if self.noise_type == "general"
+                                           else ()), dtype=y.dtype)
+        cell = math.floor(tau / self.refresh + 1e-9)
+        if self._cache is None or self._cache[0] != cell or self._cache[1].shape[0] != len(y):
+            self._cache = (cell, torch.func.vmap(self._factor)(y))
+        return (self.flow.eta(tau) / math.sqrt(self.B)) * self._cache[1]
+
+    def loss(self, Ws: Tensor) -> Tensor:
+        """L(W) for each row of Ws (full data)."""
+        with torch.no_grad():
+            return torch.func.vmap(self.ex.loss)(Ws)
+
+
+def sme_loss(problem, flow="sgd", batch_size: int = 1, steps: int = 100, paths: int = 64,
+             dt: float = 0.5, every: int = 10, order: int = 1, noise: str = "full",
+             examples: int | None = 256, W0: Tensor | None = None, seed: int = 0,
+             refresh: float = 1.0, *, loss_fn=None, data=None) -> dict:
+    """The SME's loss statistics on the step clock τ = 0, every, 2·every, …, steps: the mean
+    and standard error over ``paths`` torchsde paths (Euler–Maruyama, step ``dt``; the noise
+    factor re-measured every ``refresh`` steps). ``paths=0`` is no noise: the flow's ODE."""
+    import torchsde
+
+    sme = SME(problem, flow, batch_size, order, noise, examples, seed, refresh,
+              loss_fn=loss_fn, data=data)
+    W0 = (sme.problem.x0() if W0 is None else W0).detach()
+    sme.silent = paths == 0
+    paths = max(paths, 1)
+    ts = torch.arange(0, steps + 1, every, dtype=W0.dtype)
+    if float(ts[-1]) != steps:
+        ts = torch.cat([ts, torch.tensor([float(steps)], dtype=W0.dtype)])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        ys = torchsde.sdeint(sme, W0.expand(paths, -1).clone(), ts, method="euler", dt=dt)
+    L = torch.stack([sme.loss(y) for y in ys])  # (times, paths)
+    se = L.std(1) / math.sqrt(paths) if paths > 1 else torch.zeros_like(L[:, 0])
+    return {"times": ts, "mean": L.mean(1), "se": se, "losses": L}
+
+
+def sgd_monte_carlo(problem, flow="sgd", batch_size: int = 1, steps: int = 100,
+                    runs: int = 64, every: int = 10, W0: Tensor | None = None, seed: int = 0,
+                    *, loss_fn=None, data=None) -> dict:
+    """``runs`` independent real SGD runs (the engine's discrete step, torch's update; a fresh
+    batch of ``batch_size`` examples drawn with replacement at every step): their loss mean,
+    standard error and the runs at τ = 0, every, …, steps."""
+    from . import validation as check
+    from .flows import make_flow as _make
+
+    flow = _make(flow) if isinstance(flow, (str, type)) else flow
+    B = check.positive_int("batch_size", batch_size)
+    ex = _Examples(_as_problem(problem, loss_fn, data))
+    prob = _as_problem(problem, loss_fn, data)
+    W0 = (prob.x0() if W0 is None else W0).detach()
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.func.vmap(torch.func.grad(ex.fn))
+
+    def grad_fn(W):  # one fresh minibatch per run
+        return grad(W, torch.randint(ex.n, (len(W), B), generator=gen))
+
+    _, Ws = run_discrete(flow, grad_fn, W0.expand(runs, -1).clone(), steps, h=1.0,
+                         every=every)
+    with torch.no_grad():
+        L = torch.stack([torch.func.vmap(ex.loss)(W) for W in Ws])
+    ts = torch.tensor([min(k * every, steps) for k in range(len(Ws))], dtype=W0.dtype)
+    return {"times": ts, "mean": L.mean(1), "se": L.std(1) / math.sqrt(runs), "losses": L}

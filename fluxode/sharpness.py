@@ -152,11 +152,17 @@ def top_eigenpairs(loss: Callable[[Tensor], Tensor], W: Tensor, k: int = 1,
 
 
 def sharpness(loss: Callable[[Tensor], Tensor], W: Tensor, v0: Tensor | None = None,
-              iters: int = 20, seed: int = 0, precond: Tensor | None = None
-              ) -> tuple[float, Tensor]:
+              iters: int = 20, seed: int = 0, precond: Tensor | None = None,
+              report: bool = False, tol: float = 1e-6):
     """(λ_max(∇²L(W)), its eigenvector) from Hessian-vector products of ``loss``; with a
     diagonal preconditioner P, λ_max(P^{1/2}∇²L(W)P^{1/2}) (= λ_max(PH), the preconditioned
-    sharpness) and its eigenvector."""
+    sharpness) and its eigenvector. ``report=True`` returns the ``Eigenpairs`` instead, with
+    the residual ‖Hv - λv‖ and the ``converged`` flag (Lanczos run until the residual is
+    below tol·max(1, |λ|) or ``iters`` products: ``top_eigenpairs``)."""
+    if report:
+        start = None if v0 is None else v0.reshape(-1)
+        return top_eigenpairs(loss, W, k=1, v0=start, precond=precond, iters=iters, tol=tol,
+                              seed=seed)
     if v0 is None:
         v0 = torch.randn(W.shape, generator=torch.Generator().manual_seed(seed), dtype=W.dtype)
     return lanczos_top(hvp_operator(loss, W, precond), v0.reshape(-1), iters)

@@ -23,7 +23,10 @@ def test_default_flow_describes_itself(name):
     for state in flow.state_names:
         assert state in text
     assert "Ẇ" in text
-    assert flow.memory_per_param == len(flow.vectors)
+    W = torch.zeros(3, 4, dtype=torch.float64)
+    S = flow.init(W, torch.ones_like(W))
+    shaped_like_W = sum(S[n].shape == W.shape for n in flow.state_names)
+    assert len(flow.vectors) <= flow.memory_per_param <= shaped_like_W
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -45,7 +48,18 @@ def test_unknown_flow_and_unknown_hyperparameter():
 @pytest.mark.parametrize("name", TWINS)
 @pytest.mark.parametrize("opts", [0, -1])
 def test_option_grid_is_valid(name, opts):
-    make_flow(name, **FLOWS[name].option_grid()[opts])
+    """Each grid entry builds a flow that holds exactly those options."""
+    options = FLOWS[name].option_grid()[opts]
+    hp = make_flow(name, **options).hyperparameters()
+    for key, value in options.items():
+        assert key in hp, (name, key)
+        got = hp[key]
+        if isinstance(value, (tuple, list)):
+            assert tuple(got) == pytest.approx(tuple(value)), (name, key)
+        elif isinstance(value, float):
+            assert got == pytest.approx(value), (name, key)
+        else:
+            assert got == value, (name, key)
 
 
 def _quadratic(dtype=torch.float64):

@@ -83,8 +83,13 @@ def test_sqrt_point_scales_like_malladi():
     pt = P.sqrt_point(make_flow("adam", lr=0.1, betas=(0.9, 0.99), eps=1e-4), 0.25)
     assert pt.lr == pytest.approx(0.05) and pt.eps == pytest.approx(2e-4)
     assert pt.betas == pytest.approx((0.975, 0.9975)) and pt.noise_scale == pytest.approx(4.0)
+    up = P.sqrt_point(make_flow("adam", lr=0.1, betas=(0.9, 0.99), eps=1e-4), 4.0)  # κ > 1
+    assert up.lr == pytest.approx(0.2) and up.eps == pytest.approx(5e-5)
+    assert up.betas == pytest.approx((0.6, 0.96)) and up.noise_scale == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="κ·\\(1-β\\)"):
+        P.sqrt_point(make_flow("adam"), 20.0)
     with pytest.raises(ValueError, match="h must be in"):
-        P.sqrt_point(make_flow("adam"), 2.0)
+        P.sqrt_point(make_flow("adam"), -2.0)
     with pytest.raises(ValueError, match="sqrt path"):
         P.sqrt_point(make_flow("sgd"), 0.5)
 

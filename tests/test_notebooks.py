@@ -24,3 +24,20 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+def test_studies_notebook_uses_only_the_readme_public_api():
+    """notebooks/studies.ipynb reaches fluxode only through ``fluxode.<name>`` with names in
+    ``fluxode.__all__`` that the README's "Studies in Python" section names."""
+    import re
+
+    import fluxode
+
+    nb = nbformat.read(ROOT / "notebooks" / "studies.ipynb", as_version=4)
+    src = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "from fluxode" not in src and re.search(r"import fluxode\.", src) is None
+    used = set(re.findall(r"fluxode\.([A-Za-z_]\w*)", src))
+    assert used and used <= set(fluxode.__all__), used - set(fluxode.__all__)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Studies in Python", 1)[1].split("\n## ", 1)[0]
+    assert all(name in section for name in used), [n for n in used if n not in section]

@@ -128,11 +128,14 @@ def test_step_h_scales_the_rates_path():
     ta = torch.optim.SGD(a.parameters(), lr=0.1 * h, momentum=1 - h * (1 - 0.9), foreach=False,
                          dampening=1 - h)
     fb = FlowOptimizer(b.parameters(), "sgd", lr=0.1, momentum=0.9, h=h)
-    # torch's first step sets buf = g; the flow starts from b(0) = 0 and gives b₁ = h·g.
+    # torch's first step sets buf = g; the flow starts from b(0) = 0 and gives b₁ = h·g, so
+    # its first move is exactly h times torch's: W₁ - W₀ = -lr·h·(h·g) vs -lr·h·g.
+    w0 = [p.detach().clone() for p in a.parameters()]
     _train(a, ta, 1, x, y)
     _train(b, fb, 1, x, y)
-    for p, q in zip(a.parameters(), b.parameters()):
-        assert not torch.equal(p, q)  # first-step transient differs by design
+    for p, q, w in zip(a.parameters(), b.parameters(), w0):
+        assert float((p.detach() - w).abs().max()) > 1e-4  # torch moved
+        torch.testing.assert_close(q - w, h * (p - w), rtol=1e-12, atol=1e-15)
     for opt in (ta,):
         for st in opt.state.values():
             st["momentum_buffer"].mul_(h)  # align the buffers to the flow's start

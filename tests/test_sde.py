@@ -55,11 +55,13 @@ def test_li_tai_e_weak_orders():
 
 
 def test_torchsde_integration_of_the_sgd_sde_matches_the_ou_moments():
-    lr, t, R = 0.1, 1.0, 20000
+    lr, T, R = 0.1, 10.0, 20000  # step clock: T = 10 steps (lr-time 1)
     torch.manual_seed(0)
     ys = torchsde.sdeint(sde.SGDSDE(A, SIGMA, lr), X0.expand(R, 2).clone(),
-                         torch.tensor([0.0, t], dtype=torch.float64), method="euler", dt=5e-3)
-    m, C = sde.sde_moments(A, SIGMA, X0, lr, t)
+                         torch.tensor([0.0, T], dtype=torch.float64), method="euler", dt=5e-2)
+    m, C = sde.sde_moments(A, SIGMA, X0, lr, T)
+    m1, C1 = sde.sde_moments(A, SIGMA, X0, lr, 1.0)  # not lr-time: 1 step
+    assert not torch.allclose(m, m1)
     assert torch.allclose(ys[-1].mean(0), m, atol=4 * float(C.diagonal().max().sqrt()) / R ** 0.5)
     assert torch.allclose(torch.cov(ys[-1].T), C, rtol=0.06, atol=1e-3)
 
@@ -167,3 +169,48 @@ def test_sqrt_points_are_stated_by_the_flows():
         pt.betas
     with pytest.raises(ValueError, match="flow 'adagrad' declares no sqrt path"):
         P.sqrt_point(make_flow("adagrad"), 0.5)
+
+
+# --- SMEs for any problem or model ----------------------------------------------------------
+def _tiny_net():
+    from fluxode.problems import classification
+
+    return classification("digits", hidden=(4,), max_samples=40)
+
+
+def test_per_example_gradients_match_autograd_one_by_one():
+    net = _tiny_net()
+    W = net.x0()
+    G = sde.per_example_gradients(net, W)
+    x, y = net.batches[0]
+    for i in (0, 7, 39):
+        Wr = W.clone().requires_grad_(True)
+        (gi,) = torch.autograd.grad(net.batch_loss(Wr, (x[i:i + 1], y[i:i + 1])), Wr)
+        torch.testing.assert_close(G[i], gi, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(G.mean(0), net.grad(W), rtol=1e-10, atol=1e-13)
+
+
+def test_sme_drift_is_the_flow_and_diffusion_the_measured_covariance():
+    from fluxode import make_flow
+
+    net = _tiny_net()
+    lr, B = 0.3, 4
+    m = sde.SME(net, make_flow("sgd", lr=lr), batch_size=B, examples=None)
+    W = net.x0().expand(2, -1).clone()
+    torch.testing.assert_close(m.f(0.0, W)[0], -lr * net.grad(net.x0()), rtol=1e-10,
+                               atol=1e-13)
+    D = m.g(0.0, W)[0]  # (n, N)
+    Sigma = sde.noise_covariance(sde.per_example_gradients(net, net.x0()))
+    torch.testing.assert_close(D @ D.T, lr * lr * Sigma / B, rtol=1e-10, atol=1e-14)
+    d = sde.SME(net, make_flow("sgd", lr=lr), batch_size=B, examples=None, noise="diagonal")
+    torch.testing.assert_close(d.g(0.0, W)[0] ** 2, lr * lr * Sigma.diagonal() / B,
+                               rtol=1e-10, atol=1e-14)
+    m2 = sde.SME(net, make_flow("sgd", lr=lr), batch_size=B, order=2)  # -η∇(L + η/4‖∇L‖²)
+    g = net.grad(net.x0())
+    Hg = net.hessian(net.x0()) @ g
+    torch.testing.assert_close(m2.f(0.0, W)[0], -lr * (g + lr / 2 * Hg), rtol=1e-9,
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="momentum"):
+        sde.SME(net, make_flow("sgd", momentum=0.9), batch_size=B)
+    with pytest.raises(ValueError, match="example_losses"):
+        sde.SME(sde.__dict__.get("nothing", object()), "sgd")

@@ -85,16 +85,17 @@ class Capabilities:
             raise ValueError(f"{what} are derived for constant lr without clipping")
 
     def sqrt_point(self, h: float) -> SqrtPoint:
-        """The optimizer at step h ∈ (0, 1] of Malladi et al.'s square-root path:
+        """The optimizer at batch factor h = κ ∈ (0, inf) of Malladi et al.'s square-root path:
         lr → √h·lr, (1-β) → h(1-β), ε → ε/√h, Σ → Σ/h; declared per flow."""
         raise self._refuse("sqrt path point (Malladi et al.'s square-root rule)")
 
     @staticmethod
     def _path_step(h: float) -> tuple[float, float]:
-        """(h, √h) for h checked to lie in (0, 1]."""
-        from ..paths import check_step
+        """(h, √h) for h checked to lie in (0, inf): the square-root rule runs both ways
+        (h = κ, the batch-size factor; ``fluxode.paths.sqrt_point``)."""
+        from ..paths import check_scale
 
-        h = check_step(h)
+        h = check_scale(h)
         return h, math.sqrt(h)
 
     # --- modified equations -----------------------------------------------------------------

@@ -9,15 +9,34 @@ to O(s²) per unit time (μ = 0: gradient descent and L + (s/4)‖∇L‖², Bar
 μ > 0: Kovachki & Stuart 2021, Ghosh et al. 2023). Derivation: insert W_k = W(ks) into
 W_{k+1} - W_k = μ(W_k - W_{k-1}) - s·g(W_k) and expand, (1-μ)Ẇ + (s/2)(1+μ)Ẅ = -g + O(s²).
 
-The first step transient. Heavy ball is a two-step recurrence: its iterates are the modified
-flow's W(ks) plus a parasitic mode that decays like μᵏ. torch's first step (buf = g) puts
-O(s) into that mode, and matching W₀ and W₁ = W₀ - s·g₀ to W(0) + p₀ and W(s) + μp₀ gives
-p₀ = -sμ/(1-μ)²·g₀. So the modified flow is started from the shifted point
+The start (derivation). Heavy ball is a two-step recurrence: its iterates are the modified
+flow's W(ks) plus a parasitic mode that decays like μᵏ, and torch's first step (b₁ = g₀, so
+W₁ = W₀ - s·g₀) fixes how much of W₀ goes into each. The start W(0) = W₀ + δ must put the
+iterates on the flow to the flow's order, O(s²); δ has the form a₁·s·g₀ + a₂·s²·H₀g₀ (the
+only O(s) and O(s²) vectors: a third-derivative term is O(s³)), so the linear case fixes
+a₁, a₂. On L = ½λw² with x = sλ, W_k = A·z₁ᵏ + B·z₂ᵏ, z₁,₂ the roots of
+z² - (1+μ-x)z + μ = 0 (z₁ = 1 - x/(1-μ) - μx²/(1-μ)³ - …, z₂ = μ/z₁), and W₀ = A + B,
+W₁ = (1-x)W₀ give
 
-    W(0) = W₀ + s·μ/(1-μ)²·g₀          (``init``; no shift when μ = 0 or shift_start=False)
+    A/W₀ = (1 - x - z₂)/(z₁ - z₂) = 1 + μu + μ(2+μ)u² + O(u³),     u = sλ/(1-μ)²,
 
-and the discrete iterates then follow it to O(s²) once μᵏ is negligible (at τ = T: μ^{T/h}).
-The maximum error over [0, T] still sees the O(s) parasitic mode in the first few steps.
+hence the start (``ModifiedSGD.start_shift``; ``init``)
+
+    W(0) = W₀ + s·μ/(1-μ)²·g₀ + s²·μ(2+μ)/(1-μ)⁴·H₀g₀            (shift_start=False: W₀)
+
+(the O(s) term alone leaves an O(s²) offset in the error constant; the engine passes the
+effective gradient G = g₀ + 2c·H₀g₀ to ``init``, and the raw g₀ and H₀g₀ are read back from
+it). The discrete iterates then follow the flow to O(s²) once μᵏ is negligible (at τ = T:
+μ^{T/h}); the maximum error over [0, T] still sees the O(s) parasitic mode in the first steps.
+
+The error constant (``ModifiedSGD.error_constant``). With that start the error left at
+lr-time t = lr·τ is the flow's own: per step log z₁ and the modified rate -ã·s differ at
+O(x³), -log z₁ - ãs = κ₃x³ + O(x⁴) with
+
+    κ₃ = 1/(3(1-μ)³) + μ/(1-μ)⁴ + μ(1+μ)/(1-μ)⁵         (μ = 0: 1/3, Barrett–Dherin's GD)
+
+so on ½wᵀAw, in A's eigenbasis, W_k - W(ks) = -κ₃·λᵢ³·t·e^{-λᵢt/(1-μ)}·(A/W₀)ᵢ·zᵢ·s² + O(s³):
+the leading error is C·h² with C = -lr²·Σᵢ κ₃λᵢ³·t·e^{-λᵢt/(1-μ)}·qᵢqᵢᵀW₀.
 
 Betas-fixed limit of Adam/RMSprop (``Adam.betas_fixed_limit``, ``RMSprop.betas_fixed_limit``,
 used by ``fluxode.paths``): the moments are slaved, m → g, v → g²,
@@ -82,7 +101,8 @@ from .rates import Linear, Term, Toward
 
 
 class ModifiedSGD(Flow):
-    """Modified flow of heavy ball / gradient descent at path step h (needs the Hessian)."""
+    """Modified flow of heavy ball / gradient descent at path step h ∈ (0, 1] (needs the
+    Hessian), started by the derived shift (module doc: W₀ + sμ/(1-μ)²g₀ + s²μ(2+μ)/(1-μ)⁴Hg₀)."""
 
     name = "modified-sgd"
     summary = "first-order modified flow of GD / heavy ball: -(1/(1-μ))∇[L + c·‖∇L‖²]"
@@ -90,9 +110,11 @@ class ModifiedSGD(Flow):
     default_lr = 1e-2
 
     def __init__(self, lr=None, momentum=0.0, h=1.0, shift_start=True, *, schedule=None):
+        from ..paths import check_step
+
         super().__init__(lr, schedule=schedule)
         self.momentum = check.unit_interval("momentum", momentum)
-        self.h = check.positive("h", h)
+        self.h = check_step(h)
         self.shift_start = check.flag("shift_start", shift_start)
 
     @property
@@ -106,19 +128,53 @@ class ModifiedSGD(Flow):
         mu = self.momentum
         return self.step * (1 + mu) / (4 * (1 - mu) ** 2)
 
+    @property
+    def kappa3(self) -> float:
+        """κ₃ = 1/(3(1-μ)³) + μ/(1-μ)⁴ + μ(1+μ)/(1-μ)⁵: the per-step O((sλ)³) gap between
+        heavy ball's slow root and the modified rate (module doc)."""
+        mu, d = self.momentum, 1 - self.momentum
+        return 1 / (3 * d ** 3) + mu / d ** 4 + mu * (1 + mu) / d ** 5
+
     def effective_gradient(self, W, g, H=None):
+        """G = g + 2c·Hg, carrying the raw g and Hg (``.raw``, ``.hg``) for ``init``."""
         if H is None:
             raise ValueError("the modified flow needs the Hessian H (pass a problem with one)")
         n = W.numel()
         Hg = (H.reshape(n, n) @ g.reshape(n)).reshape(W.shape)
-        return g.add(Hg, alpha=2 * self.coefficient)
+        ge = g.add(Hg, alpha=2 * self.coefficient)
+        ge.raw, ge.hg = g, Hg
+        return ge
+
+    def start_shift(self, g0, Hg0=None):
+        """δ = s·μ/(1-μ)²·g₀ + s²·μ(2+μ)/(1-μ)⁴·H₀g₀ (module doc: the discrete run then sits
+        on the flow to O(s²)). ``g0``: the raw gradient, or the effective one from
+        ``effective_gradient`` (its raw g₀ and H₀g₀ are read back); a plain tensor without
+        Hg0 gives only the O(s) term."""
+        mu, s, d = self.momentum, self.step, 1 - self.momentum
+        if Hg0 is None and hasattr(g0, "hg"):
+            g0, Hg0 = g0.raw, g0.hg
+        delta = g0 * (s * mu / d ** 2)
+        if Hg0 is not None:
+            delta = delta + Hg0 * (s * s * mu * (2 + mu) / d ** 4)
+        return delta
 
     def init(self, W, g0=None):
         S = super().init(W, g0)
-        mu = self.momentum
-        if self.shift_start and mu and g0 is not None:
-            S["W"] = W.add(g0, alpha=self.step * mu / (1 - mu) ** 2)
+        if self.shift_start and self.momentum and g0 is not None:
+            S["W"] = W + self.start_shift(g0)
         return S
+
+    def error_constant(self, A, W0, T: float):
+        """C with W_h(T) - W(T) = C·h² + O(h³) on L = ½wᵀAw (step-clock T, from W₀, this
+        flow's lr and μ, the derived start): C = -lr²·Σᵢ κ₃λᵢ³·t·e^{-λᵢt/(1-μ)}·qᵢqᵢᵀW₀,
+        t = lr·T (module doc). Independent of h (``self.h`` is not used)."""
+        A = torch.as_tensor(A, dtype=torch.float64)
+        lam, Q = torch.linalg.eigh(A)
+        t = self.lr * float(T)
+        z0 = Q.T @ torch.as_tensor(W0, dtype=torch.float64).reshape(-1)
+        c = -self.lr ** 2 * self.kappa3 * lam ** 3 * t * torch.exp(-lam * t /
+                                                                   (1 - self.momentum))
+        return Q @ (c * z0)
 
     def blocks(self):
         def position(tau, S, g):
@@ -130,7 +186,8 @@ class ModifiedSGD(Flow):
         mu = self.momentum
         return [f"Ẇ  = -η(τ)/(1-μ)·[g + 2c·Hg]      μ={mu:g}, c = s(1+μ)/(4(1-μ)²) = "
                 f"{self.coefficient:.4g}, s = h·lr = {self.step:g}",
-                "W(0) = W₀ + sμ/(1-μ)²·g₀" if (mu and self.shift_start) else "W(0) = W₀"]
+                "W(0) = W₀ + sμ/(1-μ)²·g₀ + s²μ(2+μ)/(1-μ)⁴·H₀g₀" if (mu and self.shift_start)
+                else "W(0) = W₀"]
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "h": self.h,
@@ -166,6 +223,13 @@ class SignFlow(Flow):
         return {**super().hyperparameters(), "eps": self.eps, "decoupled": self.decoupled_decay}
 
 
+def _path_step(h) -> float:
+    """h checked like every path step: (0, 1] (``fluxode.paths.check_step``)."""
+    from ..paths import check_step
+
+    return check_step(h)
+
+
 def _filter_rate(r: float, h: float) -> float:
     """r̃ = -log(1 - hr)/h: the rate whose exact decay over h is one Euler step's (1 - hr)."""
     if not 0 < h * r < 1:
@@ -193,7 +257,7 @@ class ModifiedAdam(Flow):
         super().__init__(lr, weight_decay=weight_decay, maximize=maximize)
         self.betas = check.betas(betas)
         self.eps = check.positive("eps", eps)
-        self.h = check.positive("h", h)
+        self.h = _path_step(h)
         self.filter_rates = tuple(_filter_rate(1 - b, self.h) for b in self.betas)
         self.clock_starts = tuple(_half_step(1 - b, self.h) for b in self.betas)
 
@@ -268,7 +332,7 @@ class ModifiedRMSprop(Flow):
         super().__init__(lr, weight_decay=weight_decay, maximize=maximize)
         self.alpha = check.unit_interval("alpha", alpha)
         self.eps = check.positive("eps", eps)
-        self.h = check.positive("h", h)
+        self.h = _path_step(h)
         self.shift_start = check.flag("shift_start", shift_start)
         self.filter_rate = _filter_rate(1 - self.alpha, self.h)
         self.v_start = _half_step(1 - self.alpha, self.h)
