@@ -43,7 +43,20 @@ FIELD_CASES = [f"field-dec{d}-wd{w}-c{c}-max{x}"
                for d, w, c, x in itertools.product((0, 1), (0, 1), (0, 1), (0,))]
 FIELD_CASES += ["field-dec1-wd1-c1-max1"]
 MULTI_CASES = ["multi-adamw", "multi-adam-ams", "multi-rms-cen1-mom1"]
-ALL_CASES = ADAM_CASES + RMS_CASES + BF16_CASES + FIELD_CASES + MULTI_CASES
+GROUP_CASES = ["group-adam-dec1-wd1-ams0-max0", "group-adam-dec0-wd1-ams1-max1",
+               "group-adam-dec1-wd0-ams1-max0-b10.3", "group-rms-cen0-mom0-wd0-max0",
+               "group-rms-cen1-mom1-wd1-max0", "group-rms-cen0-mom1-wd1-max1",
+               "group-rms-cen1-mom0-wd0-max1"]
+# low precision: "lp<W dtype><state dtype>", b = bfloat16, h = float16, f = float32 (master)
+LOWP_CASES = ["group-lpbb-adam-dec1-wd1-ams1-max0", "group-lpbf-adam-dec0-wd1-ams0-max0",
+              "group-lphh-adam-dec1-wd1-ams0-max1", "group-lpbb-rms-cen1-mom1-wd1-max0",
+              "group-lpbf-rms-cen0-mom1-wd0-max0"]
+FIELD_NAN_CASES = ["fieldnan-c0", "fieldnan-c1"]
+ALL_CASES = (ADAM_CASES + RMS_CASES + BF16_CASES + FIELD_CASES + MULTI_CASES + GROUP_CASES
+             + LOWP_CASES + FIELD_NAN_CASES)
+GROUP_SHAPES = [(3, 5), (7,), (2, 3, 4), (0,), (1000,), (N,)]
+GROUP_STEPS = [1, 3, 7, 2, 12, 5]   # every tensor at its own step count
+LP = {"b": torch.bfloat16, "h": torch.float16, "f": torch.float32}
 
 
 def _flags(case: str) -> dict:
@@ -150,6 +163,10 @@ TOL = {  # backend -> (W ulps, v ulps, momentum-buffer ulps, field dW ulps)
 
 def check_case(case: str, backend: str) -> None:
     """Run one named case on a backend; raise AssertionError on a mismatch."""
+    if case.startswith("group-"):
+        return check_group_case(case, backend)
+    if case.startswith("fieldnan-"):
+        return check_field_nan(case, backend)
     adam, rms, field = _impl(backend)
     tw, tv, tb, tf = TOL[backend]
     f = _flags(case)
@@ -244,6 +261,146 @@ def check_case(case: str, backend: str) -> None:
                      decoupled="adamw" in case, **hp)
         ref = torch.cat([p.detach().flatten() for p in params])
         _close("W (3 steps)", W, ref, 8 if tw else 0, old=W0)
+
+
+def _group_impl(backend: str):
+    """(adam_group_step_, rmsprop_group_step_, adam_step_, rmsprop_step_) taking the keyword
+    API of ``fluxode.kernels`` (betas=, vmaxs=, ...) for a backend name."""
+    import fluxode.kernels as K
+    if backend == "triton":
+        from fluxode.kernels import triton_kernels as T
+
+        def adam_g(*a, betas, vmaxs=None, **kw):
+            kw = dict(dict(eps=1e-8, weight_decay=0.0, amsgrad=False, maximize=False), **kw)
+            T.adam_group_step_(*a, beta1=betas[0], beta2=betas[1], vmaxs=vmaxs,
+                               block=TRITON_BLOCK, **kw)
+
+        def rms_g(*a, grad_avgs=None, momentum_bufs=None, **kw):
+            kw = dict(dict(eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
+                           maximize=False), **kw)
+            T.rmsprop_group_step_(*a, grad_avgs=grad_avgs, momentum_bufs=momentum_bufs,
+                                  block=TRITON_BLOCK, **kw)
+        adam1, rms1, _ = _impl("triton")
+        return adam_g, rms_g, adam1, rms1
+    be = {"cpu": "fused"}.get(backend, backend)
+    return (lambda *a, **kw: K.adam_group_step_(*a, backend=be, **kw),
+            lambda *a, **kw: K.rmsprop_group_step_(*a, backend=be, **kw),
+            lambda *a, **kw: K.adam_step_(*a, backend=be, **kw),
+            lambda *a, **kw: K.rmsprop_step_(*a, backend=be, **kw))
+
+
+def _bf_match(name: str, got: torch.Tensor, want: torch.Tensor) -> None:
+    """Low-precision results against the float32 reference rounded to the same dtype: every
+    element within 1 ulp of that dtype and at least 99.9% identical. A kernel whose float32
+    result is within 2 float32 ulps of the reference (the tolerances above) can only round
+    differently when the exact value lies within 2 float32 ulps of a rounding boundary: a
+    fraction of about 2^-15 (bfloat16) or 2^-12 (float16) of the elements, one ulp off."""
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype}, expected {want.dtype}"
+    g, w = got.float(), want.float()
+    same = (g == w) | (g.isnan() & w.isnan())
+    up = torch.nextafter(w.abs().to(want.dtype), torch.tensor(float("inf"), dtype=want.dtype))
+    spacing = up.float() - w.abs()
+    err = ((g - w).abs() / spacing)[~same]
+    assert err.numel() == 0 or err.max() <= 1, f"{name}: {err.max():.2f} ulp ({want.dtype})"
+    rate = float(same.float().mean())
+    assert rate >= 0.999, f"{name}: only {rate:.4%} of elements identical ({want.dtype})"
+
+
+def check_group_case(case: str, backend: str) -> None:
+    """A multi-tensor group (mixed shapes, a zero-element tensor, one tensor spanning two
+    Triton blocks, every tensor at its own step count): the backend's one-launch group step
+    against (a) the reference, per tensor, within the backend's tolerances and (b) the same
+    backend's single-tensor kernel, bit for bit (same arithmetic, only the launch differs)."""
+    adam_g, rms_g, adam1, rms1 = _group_impl(backend)
+    ref_g = _group_impl("reference")
+    f = _flags(case)
+    lp = next((p[2:] for p in case.split("-") if p.startswith("lp")), "")
+    wdt, sdt = (LP[lp[0]], LP[lp[1]]) if lp else (torch.float32, torch.float32)
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    T = len(GROUP_SHAPES)
+    # W, g, then three state buffers per tensor (m/v/vmax or square_avg/grad_avg/buf)
+    W, G, S = [], [], [[], [], []]
+    for shape in GROUP_SHAPES:
+        n = int(torch.Size(shape).numel())
+        w, g, m, v, vmax = _state(gen, n)
+        if "-rms-" in case:
+            m, v, vmax = v + m.square(), m, 0.1 * g   # square_avg >= grad_avg², buffer
+        W.append(w.view(shape).to(wdt))
+        G.append(g.view(shape).to(wdt))
+        for lst, x in zip(S, (m, v, vmax)):
+            lst.append(x.view(shape).to(sdt))
+    copy = lambda L: [x.clone() for x in L]  # noqa: E731
+    runs = {}
+    for label in ("group", "single", "reference"):
+        w, s = copy(W), [copy(L) for L in S]
+        if "-adam-" in case:
+            hp = dict(lr=1e-2, betas=(f.get("b1", 0.9), 0.999), eps=1e-8,
+                      weight_decay=0.1 * f["wd"], amsgrad=bool(f["ams"]),
+                      maximize=bool(f["max"]), decoupled=bool(f["dec"]))
+            if label == "single":
+                for i in range(T):
+                    flat = [x[i].view(-1) for x in (w, G, s[0], s[1], s[2])]
+                    adam1(*flat[:4], step=GROUP_STEPS[i], vmax=flat[4], **hp)
+            else:
+                fn = adam_g if label == "group" else ref_g[0]
+                fn(w, G, s[0], s[1], steps=GROUP_STEPS, vmaxs=s[2], **hp)
+        else:
+            hp = dict(lr=1e-2, alpha=0.99 if not f["max"] else 0.3, eps=1e-8,
+                      weight_decay=0.1 * f["wd"], momentum=0.9 * f["mom"],
+                      centered=bool(f["cen"]), maximize=bool(f["max"]))
+            if label == "single":
+                for i in range(T):
+                    flat = [x[i].view(-1) for x in (w, G, s[0], s[1], s[2])]
+                    rms1(*flat[:3], grad_avg=flat[3], momentum_buf=flat[4], **hp)
+            else:
+                fn = rms_g if label == "group" else ref_g[1]
+                fn(w, G, s[0], grad_avgs=s[1], momentum_bufs=s[2], **hp)
+        runs[label] = [w] + s
+    names = (["W", "m", "v", "vmax"] if "-adam-" in case
+             else ["W", "square_avg", "grad_avg", "momentum_buf"])
+    for k, name in enumerate(names):
+        for i in range(T):
+            a, b = runs["group"][k][i], runs["single"][k][i]
+            _bits_equal(f"{name}[{i}] group vs single-tensor {backend}", a, b)
+    tw, tv, tb, _ = TOL[backend]
+    for k, name in enumerate(names):
+        for i in range(T):
+            got, want = runs["group"][k][i], runs["reference"][k][i]
+            if got.numel() == 0:
+                continue
+            if got.dtype in (torch.bfloat16, torch.float16):
+                _bf_match(f"{name}[{i}]", got, want)
+            elif name in ("m", "square_avg", "grad_avg"):
+                _bits_equal(f"{name}[{i}]", got, want)
+            elif name in ("v", "vmax"):
+                _close(f"{name}[{i}]", got, want, tv)
+            elif name == "momentum_buf":
+                _close(f"{name}[{i}]", got, want, tb, old=0.9 * S[2][i].float())
+            else:
+                extra = 2 if tb and "-rms-" in case and hp["momentum"] > 0 else 0
+                _close(f"W[{i}]", got, want, tw + extra, old=W[i].float())
+
+
+def check_field_nan(case: str, backend: str) -> None:
+    """The field at a state holding NaN (in v, m, g): NaN where the reference has NaN (the
+    admissible projection max(v, floor) propagates NaN, as torch.maximum does), and the
+    finite entries as in the ordinary field cases."""
+    _, _, field = _impl(backend)
+    gen = torch.Generator().manual_seed(zlib.crc32(case.encode()))
+    w, g, m, v, _ = _state(gen, N)
+    nan = float("nan")
+    v[::97] = nan
+    m[5::101] = nan
+    g[7::89] = nan
+    c1, c2 = (0.0, 0.0) if case.endswith("c0") else (0.4, 0.02)
+    hp = dict(lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1, decoupled=True,
+              maximize=False)
+    dw, dm, dv, _, _ = field(w, m, v, c1, c2, g, **hp)
+    r = _plain_field(w, m, v, c1, c2, g, **hp)
+    for name, a, b in (("dW", dw, r[0]), ("dm", dm, r[1]), ("dv", dv, r[2])):
+        assert torch.equal(a.isnan(), b.isnan()), \
+            f"{name}: NaN at {int((a.isnan() != b.isnan()).sum())} other places than the reference"
+    assert dv.isnan().any() and dw.isnan().any()
 
 
 def _plain_field(w, m, v, c1, c2, g, *, lr, betas, eps, weight_decay, decoupled, maximize):
@@ -522,3 +679,171 @@ def test_flows_without_a_fused_kernel_refuse_backend_fused_by_name():
     adam = make_flow("adam")
     S = adam.init(torch.zeros(3))
     assert not K.flow_step_(adam, 0.0, S, g, h=0.5, backend="fused")  # h ≠ 1: no kernel
+
+
+# ------------------------------------------- multi-tensor steps through FlowOptimizer
+
+def _model_params(dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(30, 20), (20,), (5, 4, 3), (1,), (257,), (16, 16)]
+    return [torch.nn.Parameter(torch.randn(s, generator=gen).to(dtype)) for s in shapes]
+
+
+def _run_pair(make_torch, make_flux, dtype, steps=6, skip=True, seed=0):
+    """Step a torch optimizer and a FlowOptimizer on identical parameters with identical
+    gradients; on some steps some parameters get no gradient (torch skips them, so their
+    step counts drift apart: per-tensor step counts in one group)."""
+    a, b = _model_params(dtype, seed), _model_params(dtype, seed)
+    ta, fb = make_torch(a), make_flux(b)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for k in range(steps):
+        for i, (p, q) in enumerate(zip(a, b)):
+            if skip and k > 0 and i % (k + 1) == 1:  # tensor i skips steps k with k+1 | i-1
+                p.grad = q.grad = None
+            else:
+                g = torch.randn(p.shape, generator=gen).to(dtype)
+                p.grad, q.grad = g.clone(), g.clone()
+        ta.step()
+        fb.step()
+    return a, b, ta, fb
+
+
+@pytest.mark.parametrize("twin,hp", [
+    ("AdamW", dict(lr=1e-2, weight_decay=0.05)),
+    ("Adam", dict(lr=1e-2, weight_decay=0.05, amsgrad=True)),
+    ("Adam", dict(lr=1e-2, betas=(0.5, 0.9), maximize=True, decoupled_weight_decay=True,
+                  weight_decay=0.1)),
+    ("AdamW", dict(lr=1e-2, amsgrad=True, maximize=True))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_flow_optimizer_group_step_is_torch_fused_bit_for_bit(twin, hp, dtype):
+    """FlowOptimizer(backend="fused") on CPU steps each param group with ONE call of the fused
+    op torch's AdamW(fused=True) calls, each tensor at its own step count: bit for bit
+    torch's fused=True, every parameter and every state tensor, in float32, float64 and
+    in low precision. There fluxode keeps the state in the parameter's dtype as torch does
+    (a state dict moves between them unchanged) and, like torch's fused op, computes each
+    step in float32 and rounds each stored buffer once."""
+    import fluxode.kernels as K
+    from fluxode.optim import FlowOptimizer
+    calls = []
+    real = K.adam_group_step_
+
+    def spy(*a, **kw):
+        calls.append(len(a[0]))
+        return real(*a, **kw)
+    K.adam_group_step_ = spy
+    try:
+        a, b, ta, fb = _run_pair(
+            lambda ps: getattr(torch.optim, twin)(ps, fused=True, **hp),
+            lambda ps: FlowOptimizer(ps, twin.lower(), backend="fused", **hp), dtype)
+    finally:
+        K.adam_group_step_ = real
+    assert len(calls) == 6, "one multi-tensor call per step (one group, one dtype)"
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        sp, sq = ta.state[p], fb.state[q]
+        assert float(sp["step"]) == float(sq["step"])
+        for key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+            if key in sp:
+                assert sq[key].dtype == sp[key].dtype == dtype
+                assert torch.equal(sp[key], sq[key]), key
+    steps = {float(fb.state[q]["step"]) for q in b}
+    assert len(steps) > 1, "the test must exercise different step counts in one group"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_backend_takes_low_precision_parameters(dtype):
+    """backend="auto" (and torch's fused=True/foreach=True flags) on bfloat16/float16
+    parameters takes the fused path (no "g.dtype must be float32" error) with the state in
+    the parameter dtype, like torch's, and tracks a float32 run. (The exact low-precision
+    semantics are pinned bit for bit above and against the reference in the group cases;
+    this is a sanity bound: per step, rounding m, v, b and W to `dtype` perturbs the update by
+    a relative 2^-7 at most (bfloat16 unit roundoff 2^-8, twice), so over the run
+    |W_low - W_32| <= 2^-6 * sum_k |update_k| + 3 * 2^-8 |W| (W rounded once per step).)"""
+    from fluxode.optim import FlowOptimizer
+    for flow, hp in (("adamw", dict(lr=1e-2)), ("adam", dict(lr=1e-2, amsgrad=True)),
+                     ("rmsprop", dict(lr=1e-3, momentum=0.9))):
+        flags = [dict(backend="auto"), dict(foreach=True)] + (
+            [dict(fused=True)] if flow != "rmsprop" else [])  # torch's RMSprop has no fused
+        for kw in flags:
+            lo, hi = _model_params(dtype), _model_params(torch.float32)
+            for q, p in zip(lo, hi):
+                p.data.copy_(q.data.float())
+            opts = [FlowOptimizer(lo, flow, **kw, **hp), FlowOptimizer(hi, flow, **kw, **hp)]
+            moved = [torch.zeros_like(p) for p in hi]
+            gen = torch.Generator().manual_seed(3)
+            for _ in range(3):
+                for q, p in zip(lo, hi):
+                    g = torch.randn(p.shape, generator=gen)
+                    q.grad, p.grad = g.to(dtype), g.to(dtype).float()
+                before = [p.detach().clone() for p in hi]
+                for o in opts:
+                    o.step()
+                for u, p, b in zip(moved, hi, before):
+                    u += (p.detach() - b).abs()
+            for q, p, u in zip(lo, hi, moved):
+                state = [t for t in opts[0].state[q].values()
+                         if isinstance(t, torch.Tensor) and t.dim()]
+                assert state and all(t.dtype == dtype for t in state)
+                bound = 2.0**-6 * u + 3 * 2.0**-8 * p.detach().abs()
+                assert ((q.float() - p).abs() <= bound).all(), (flow, kw)
+
+
+@pytest.mark.parametrize("hp", [dict(), dict(centered=True, momentum=0.9, weight_decay=0.1),
+                                dict(momentum=0.5, maximize=True)])
+def test_flow_optimizer_rmsprop_group_is_torch_bit_for_bit(hp):
+    """RMSprop's group step (torch's multi-tensor ops in the single-tensor op order) is bit
+    for bit torch's single-tensor RMSprop, float32, with per-tensor step drift."""
+    from fluxode.optim import FlowOptimizer
+    import fluxode.kernels as K
+    calls = []
+    real = K.rmsprop_group_step_
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    K.rmsprop_group_step_ = spy
+    try:
+        a, b, ta, fb = _run_pair(
+            lambda ps: torch.optim.RMSprop(ps, lr=1e-2, foreach=False, **hp),
+            lambda ps: FlowOptimizer(ps, "rmsprop", lr=1e-2, backend="fused", **hp),
+            torch.float32)
+    finally:
+        K.rmsprop_group_step_ = real
+    assert len(calls) == 6
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        for key, t in ta.state[p].items():
+            if key != "step" and isinstance(t, torch.Tensor):
+                assert torch.equal(t, fb.state[q][key]), key
+
+
+def test_group_step_validation():
+    import fluxode.kernels as K
+    w = [torch.zeros(3), torch.zeros(2, 2)]
+    z = lambda: [torch.zeros_like(x) for x in w]  # noqa: E731
+    with pytest.raises(ValueError, match="steps must be a list of 2"):
+        K.adam_group_step_(w, z(), z(), z(), steps=[1])
+    with pytest.raises(ValueError, match="step must be an integer >= 1"):
+        K.adam_group_step_(w, z(), z(), z(), steps=[1, 0])
+    with pytest.raises(ValueError, match=r"m\[1\] must have the same shape"):
+        K.adam_group_step_(w, z(), [torch.zeros(3), torch.zeros(4)], z(), steps=[1, 1])
+    with pytest.raises(ValueError, match=r"v\[0\].dtype must be torch.float32"):
+        K.adam_group_step_(w, z(), z(), [torch.zeros(3, dtype=torch.float64),
+                                          torch.zeros(2, 2)], steps=[1, 1])
+    with pytest.raises(ValueError, match="vmaxs must be given"):
+        K.adam_group_step_(w, z(), z(), z(), steps=[1, 1], amsgrad=True)
+    with pytest.raises(ValueError, match="must be a list of 2 tensors"):
+        K.rmsprop_group_step_(w, z(), z()[:1])
+    with pytest.raises(ValueError, match="non-empty list"):
+        K.rmsprop_group_step_([], [], [])
+    with pytest.raises(ValueError, match="grad_avgs must be given"):
+        K.rmsprop_group_step_(w, z(), z(), centered=True)
+    # auto falls back (False) where backend="fused" names the problem
+    from fluxode.flows import make_flow
+    states = [{"W": x, "m": torch.zeros_like(x, dtype=torch.float64), "v": torch.zeros_like(x),
+               "c1": torch.tensor(0.0, dtype=torch.float64),
+               "c2": torch.tensor(0.0, dtype=torch.float64)} for x in w]
+    assert not make_flow("adam").fused_group_step_([0.0, 0.0], states, z(), 1.0, "auto")
+    with pytest.raises(ValueError, match="dtype"):
+        make_flow("adam").fused_group_step_([0.0, 0.0], states, z(), 1.0, "fused")
+    assert not make_flow("adam").fused_group_step_([0.0, 0.0], states, z(), 0.5, "fused")

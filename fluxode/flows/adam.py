@@ -191,12 +191,47 @@ class Adam(Flow):
         S["c2"].fill_(1 - self.betas[1] ** float(k))
         return True
 
+    def fused_group_step_(self, taus, states, grads, h=1.0, backend="auto"):
+        """Every tensor's torch step k = τ + 1 (its own τ) through
+        ``fluxode.kernels.adam_group_step_``: one launch per dtype combination (and per
+        distinct lr, when a schedule gives tensors at different τ different rates); each
+        tensor's c₁, c₂ ← 1 - βᵢᵏ."""
+        from .. import kernels
+
+        if h != 1.0 or not states:
+            return False
+        names = ("m", "v", "vmax") if self.amsgrad else ("m", "v")
+        Ws = [S["W"] for S in states]
+        L = {n: [S[n] for S in states] for n in names}
+        parts = kernels.group_fits(Ws, grads, list(L.values()), backend)
+        if not parts:
+            return False
+        k_of = {t: round(float(t)) + 1 for t in set(taus)}  # usually one τ for the group
+        ks = [k_of[t] for t in taus]
+        lr_of = {t: self.eta(t) for t in k_of}
+        for lr, idx in kernels.by_value([lr_of[t] for t in taus]):
+            sub = lambda x: kernels.subset(x, idx)  # noqa: E731
+            kernels.adam_group_step_(sub(Ws), sub(grads), sub(L["m"]), sub(L["v"]),
+                                     steps=sub(ks), lr=lr, betas=self.betas, eps=self.eps,
+                                     weight_decay=self.weight_decay,
+                                     decoupled=self.decoupled_decay, amsgrad=self.amsgrad,
+                                     vmaxs=sub(L.get("vmax")), maximize=self.maximize,
+                                     backend=backend, _parts=parts if idx is None else None)
+        b1, b2 = self.betas
+        for k, idx in kernels.by_value(ks):  # the clocks c_i = 1 - β_iᵏ
+            for name, c in (("c1", 1 - b1 ** float(k)), ("c2", 1 - b2 ** float(k))):
+                kernels.set_scalars_(kernels.subset(states, idx), name, c)
+        return True
+
     def fused_field_into(self, tau, S, g, out, backend="auto"):
         """(dW, dm, dv, dc₁, dc₂) in one pass through ``fluxode.kernels.adam_field``."""
         from .. import kernels
 
         if self.amsgrad:
             return self._no_fused("field", backend, " with amsgrad")
+        if not kernels.fits(S["W"], g, [S["m"], S["v"], out["W"], out["m"], out["v"]],
+                            backend):
+            return False
         _, _, _, dc1, dc2 = kernels.adam_field(
             S["W"], S["m"], S["v"], float(S["c1"]), float(S["c2"]), g, lr=self.eta(tau),
             betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,

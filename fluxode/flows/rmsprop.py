@@ -158,6 +158,30 @@ class RMSprop(Flow):
                               maximize=self.maximize, backend=backend)
         return True
 
+    def fused_group_step_(self, taus, states, grads, h=1.0, backend="auto"):
+        """torch's step on every tensor through ``fluxode.kernels.rmsprop_group_step_``: one
+        launch per dtype combination (and per distinct lr under a schedule)."""
+        from .. import kernels
+
+        if h != 1.0 or not states:
+            return False
+        Ws = [S["W"] for S in states]
+        L = {n: [S[n] for S in states] for n in self.vectors}
+        parts = kernels.group_fits(Ws, grads, list(L.values()), backend)
+        if not parts:
+            return False
+        lr_of = {t: self.eta(t) for t in set(taus)}  # usually one τ for the group
+        for lr, idx in kernels.by_value([lr_of[t] for t in taus]):
+            sub = lambda x: kernels.subset(x, idx)  # noqa: E731
+            kernels.rmsprop_group_step_(sub(Ws), sub(grads), sub(L["v"]), lr=lr,
+                                        alpha=self.alpha, eps=self.eps,
+                                        weight_decay=self.weight_decay,
+                                        momentum=self.momentum, centered=self.centered,
+                                        grad_avgs=sub(L.get("gbar")),
+                                        momentum_bufs=sub(L.get("b")), maximize=self.maximize,
+                                        backend=backend, _parts=parts if idx is None else None)
+        return True
+
     def hyperparameters(self):
         return {**super().hyperparameters(), "alpha": self.alpha, "eps": self.eps,
                 "momentum": self.momentum, "centered": self.centered}

@@ -1,14 +1,21 @@
 """CPU fast path.
 
-* Adam / AdamW with float32/float64 W: torch's own fused CPU kernels
-  (``torch._fused_adam_`` / ``torch._fused_adamw_``, the ops behind ``fused=True``), one pass
-  over memory. Measured against the single-tensor reference: m bit-identical, v within
-  1 ulp (no fused multiply-add in its addcmul), W within 2 ulp of max(|W_old|, |W_new|)
+* Adam / AdamW: torch's own fused CPU kernels (``torch._fused_adam_`` / ``torch._fused_adamw_``,
+  the ops behind ``fused=True``), one pass over memory; a multi-tensor group is ONE call per
+  dtype combination (the op takes tensor lists and one step tensor per tensor). Measured
+  against the single-tensor reference (tests/test_kernels.py): m bit-identical, v within
+  1 ulp (its addcmul has no fused multiply-add), W within 2 ulp of max(|W_old|, |W_new|)
   (its vectorized sqrt/division round differently).
-* bfloat16 W: the same fused kernel on a float32 copy of each chunk of W (the chunk stays
-  in cache), rounded back to bfloat16 (round to nearest even).
-* RMSprop and the Adam field: no fused CPU op exists; the reference ops are used (see the
-  note at the bottom).
+* Low precision (bfloat16/float16 W). States in W's dtype (torch.optim's layout): the fused
+  op itself, which computes in float32 and rounds each stored buffer once (round to nearest
+  even) — bit for bit torch's ``AdamW(fused=True)`` on such parameters. float32 (master)
+  states: the same op on float32 copies of W (and g), rounded back to W's dtype once; the
+  single-tensor path copies chunk by chunk so the copy stays in cache.
+* RMSprop: no fused CPU op exists. Single tensor: the reference ops. Group: torch's
+  multi-tensor (``_foreach_*``) ops in the reference's op order, one call per op per dtype
+  combination (bit-identical to the reference). Low precision: computed on float32 copies,
+  each buffer rounded back once.
+* The Adam field: no fused CPU op; the reference (see the note at the bottom).
 """
 
 from __future__ import annotations
@@ -16,39 +23,135 @@ from __future__ import annotations
 import torch
 
 from . import reference
+from ._checks import LOW
 
 DEFAULT_CHUNK = 1 << 16
 
 
+def _adam_fn(decoupled: bool):
+    return torch._fused_adamw_ if decoupled else torch._fused_adam_
+
+
+def _adam_kw(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize) -> dict:
+    return dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2),
+                weight_decay=float(weight_decay), eps=float(eps), amsgrad=bool(amsgrad),
+                maximize=bool(maximize))
+
+
 def adam_step_(w, g, m, v, *, step, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad,
                vmax, maximize, chunk: int = DEFAULT_CHUNK):
-    """Adam/AdamW step on CPU with torch's fused kernel (bf16 W: per-chunk float32 copy)."""
-    if not hasattr(torch, "_fused_adamw_") or w.dtype not in (torch.float32, torch.float64,
-                                                              torch.bfloat16):
+    """Adam/AdamW step on CPU with torch's fused kernel (low-precision W with float32
+    states: per-chunk float32 copy)."""
+    if not hasattr(torch, "_fused_adamw_"):
         return reference.adam_step_(w, g, m, v, step=step, lr=lr, beta1=beta1, beta2=beta2,
                                     eps=eps, weight_decay=weight_decay, decoupled=decoupled,
                                     amsgrad=amsgrad, vmax=vmax, maximize=maximize)
-    fn = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    fn = _adam_fn(decoupled)
     steps = [torch.tensor(float(step), dtype=torch.float32)]
-    kw = dict(lr=float(lr), beta1=float(beta1), beta2=float(beta2),
-              weight_decay=float(weight_decay), eps=float(eps), amsgrad=bool(amsgrad),
-              maximize=bool(maximize))
-    if w.dtype != torch.bfloat16:
-        fn([w], [g], [m], [v], [vmax] if amsgrad else [], steps, **kw)
+    kw = _adam_kw(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+    if w.dtype == m.dtype:  # one dtype throughout (g converted if it is the master dtype)
+        gg = g if g.dtype == w.dtype else g.to(w.dtype)
+        fn([w], [gg], [m], [v], [vmax] if amsgrad else [], steps, **kw)
         return
     n = w.numel()
-    scratch = torch.empty(min(n, chunk), dtype=torch.float32)
+    scratch = torch.empty(min(n, chunk), dtype=m.dtype)
     for lo in range(0, n, chunk):
         hi = min(n, lo + chunk)
         w32 = scratch[:hi - lo]
         w32.copy_(w[lo:hi])
-        fn([w32], [g[lo:hi]], [m[lo:hi]], [v[lo:hi]], [vmax[lo:hi]] if amsgrad else [], steps,
+        gc = g[lo:hi] if g.dtype == m.dtype else g[lo:hi].to(m.dtype)
+        fn([w32], [gc], [m[lo:hi]], [v[lo:hi]], [vmax[lo:hi]] if amsgrad else [], steps,
            **kw)
         w[lo:hi].copy_(w32)
 
 
-# No fused CPU kernel exists for these; cache blocking of the reference ops and foreach were
-# measured slower or no faster than whole-buffer ops on this 2-core machine, and
+def adam_group_step_(ws, gs, ms, vs, *, steps, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     amsgrad, vmaxs, maximize):
+    """Adam/AdamW on a list of tensors of one dtype combination, each at its own step count
+    ``steps[i]`` (k >= 1): ONE call of torch's fused multi-tensor op."""
+    if not hasattr(torch, "_fused_adamw_"):
+        return reference.adam_group_step_(ws, gs, ms, vs, steps=steps, lr=lr, beta1=beta1,
+                                          beta2=beta2, eps=eps, weight_decay=weight_decay,
+                                          decoupled=decoupled, amsgrad=amsgrad, vmaxs=vmaxs,
+                                          maximize=maximize)
+    kw = _adam_kw(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
+    # one float32 step tensor per tensor (torch keeps float32 steps): the same tensor when
+    # every tensor is at the same step (the op only reads it), else views of one allocation
+    if all(k == steps[0] for k in steps):
+        K = [torch.tensor(float(steps[0]), dtype=torch.float32)] * len(steps)
+    else:
+        K = torch.tensor(steps, dtype=torch.float32).unbind(0)
+    wdt, gdt, sdt = ws[0].dtype, gs[0].dtype, ms[0].dtype
+    if wdt == sdt and gdt != wdt:  # the op takes one dtype throughout
+        gs = [g.to(wdt) for g in gs]
+    VM = vmaxs if amsgrad else []
+    if wdt == sdt:
+        _adam_fn(decoupled)(ws, gs, ms, vs, VM, K, **kw)
+        return
+    w32 = [w.to(sdt) for w in ws]  # low-precision W, float32 (master) states
+    if gs[0].dtype != sdt:
+        gs = [g.to(sdt) for g in gs]
+    _adam_fn(decoupled)(w32, gs, ms, vs, VM, K, **kw)
+    torch._foreach_copy_(ws, w32)
+
+
+def rmsprop_group_step_(ws, gs, ss, *, lr, alpha, eps, weight_decay, momentum, centered,
+                        grad_avgs, momentum_bufs, maximize):
+    """RMSprop on a list of tensors of one dtype combination with torch's multi-tensor ops, in
+    the reference's op order (torch.optim's single-tensor RMSprop): one call per op."""
+    A = grad_avgs if centered else None
+    B = momentum_bufs if momentum > 0 else None
+    low = ws[0].dtype in LOW or gs[0].dtype in LOW or ss[0].dtype in LOW
+    if not low:
+        return _rmsprop_foreach(ws, gs, ss, A, B, lr=lr, alpha=alpha, eps=eps,
+                                weight_decay=weight_decay, momentum=momentum,
+                                maximize=maximize)
+    # compute in float32, round each buffer back once
+    f32 = lambda L: None if L is None else [x.float() for x in L]  # noqa: E731
+    W, S, A2, B2 = f32(ws), f32(ss), f32(A), f32(B)
+    _rmsprop_foreach(W, f32(gs), S, A2, B2, lr=lr, alpha=alpha, eps=eps,
+                     weight_decay=weight_decay, momentum=momentum, maximize=maximize)
+    for dst, src in ((ws, W), (ss, S), (A, A2), (B, B2)):
+        if dst is not None and dst[0].dtype in LOW:
+            torch._foreach_copy_(dst, src)
+
+
+def _rmsprop_foreach(W, G, S, A, B, *, lr, alpha, eps, weight_decay, momentum, maximize):
+    if maximize:
+        G = torch._foreach_neg(G)
+    if weight_decay:
+        G = torch._foreach_add(G, W, alpha=weight_decay)
+    torch._foreach_mul_(S, alpha)
+    torch._foreach_addcmul_(S, G, G, value=1 - alpha)
+    if A is not None:
+        torch._foreach_lerp_(A, G, 1 - alpha)
+        avg = torch._foreach_addcmul(S, A, A, value=-1)
+        torch._foreach_sqrt_(avg)
+    else:
+        avg = torch._foreach_sqrt(S)
+    torch._foreach_add_(avg, eps)
+    if B is not None:
+        torch._foreach_mul_(B, momentum)
+        torch._foreach_addcdiv_(B, G, avg)
+        torch._foreach_add_(W, B, alpha=-lr)
+    else:
+        torch._foreach_addcdiv_(W, G, avg, value=-lr)
+
+
+def rmsprop_step_(w, g, square_avg, *, lr, alpha, eps, weight_decay, momentum, centered,
+                  grad_avg, momentum_buf, maximize):
+    """RMSprop step on CPU: the reference ops (low precision: on float32 copies)."""
+    if not (w.dtype in LOW or g.dtype in LOW or square_avg.dtype in LOW):
+        return reference.rmsprop_step_(w, g, square_avg, lr=lr, alpha=alpha, eps=eps,
+                                       weight_decay=weight_decay, momentum=momentum,
+                                       centered=centered, grad_avg=grad_avg,
+                                       momentum_buf=momentum_buf, maximize=maximize)
+    rmsprop_group_step_([w], [g], [square_avg], lr=lr, alpha=alpha, eps=eps,
+                        weight_decay=weight_decay, momentum=momentum, centered=centered,
+                        grad_avgs=[grad_avg], momentum_bufs=[momentum_buf], maximize=maximize)
+
+
+# No fused CPU kernel exists for the field; cache blocking of the reference ops and foreach
+# were measured slower or no faster than whole-buffer ops on this 2-core machine, and
 # torch.compile costs ~20 s per configuration on first use. The fast path is the reference.
-rmsprop_step_ = reference.rmsprop_step_
 adam_field = reference.adam_field

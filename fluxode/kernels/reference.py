@@ -4,8 +4,11 @@
 which equals torch.optim's single-tensor step bit for bit; the fused CPU path and the Triton
 kernels are tested against it. ``step_(flow, τ, S, g)`` and ``field(flow, τ, S, g)`` take the
 flow itself. Buffers are flat 1-D. When W is bfloat16 the update is computed on a float32
-copy of W (states are float32) and rounded back to bfloat16 once, round to nearest even
-("fp32 master math, one rounding per step").
+copy of W and rounded back once, round to nearest even ("fp32 master math, one rounding per
+step"); the same holds for float16 W, for a gradient in W's dtype and for states kept in W's
+dtype (torch.optim's layout for low-precision parameters): every low-precision buffer is
+stepped on a float32 copy and rounded back once. (torch's single-tensor code instead rounds
+after every op in such a dtype; its fused=True op rounds once, like this.)
 
 The keyword entry points ``adam_step_``, ``rmsprop_step_``, ``adam_field`` (the kernel API of
 ``fluxode.kernels``, shared with the CPU and Triton backends) describe the optimizer by its
@@ -23,11 +26,11 @@ import torch
 from ..discretize import euler_step_, vector_field
 from ..flows.adam import Adam, AdamW
 from ..flows.rmsprop import RMSprop
-from ._checks import state_dtype_for
+from ._checks import LOW, state_dtype_for
 
 
 def _master(w: torch.Tensor) -> torch.Tensor:
-    return w if w.dtype != torch.bfloat16 else w.float()
+    return w.float() if w.dtype in LOW else w
 
 
 def _clock(x: float) -> torch.Tensor:
@@ -35,18 +38,21 @@ def _clock(x: float) -> torch.Tensor:
 
 
 def step_(flow, tau: float, S: dict, g: torch.Tensor) -> None:
-    """S ← the partitioned Euler step (h = 1) of ``flow`` at τ, in place; a bfloat16 W is
-    stepped on a float32 copy and rounded back once."""
-    w = S["W"]
-    p = _master(w)
-    euler_step_(flow, tau, {**S, "W": p}, g)
-    if p is not w:
-        w.copy_(p)
+    """S ← the partitioned Euler step (h = 1) of ``flow`` at τ, in place; low-precision
+    (bfloat16/float16) buffers are stepped on float32 copies and rounded back once."""
+    M = {n: _master(x) for n, x in S.items()}
+    euler_step_(flow, tau, M, _master(g))
+    for n, x in S.items():
+        if M[n] is not x:
+            x.copy_(M[n])
 
 
 def field(flow, tau: float, S: dict, g: torch.Tensor) -> dict:
-    """dS/dτ of ``flow`` at (τ, S), with W taken in the state dtype."""
-    return vector_field(flow, tau, {**S, "W": S["W"].to(state_dtype_for(S["W"]))}, g)
+    """dS/dτ of ``flow`` at (τ, S), every buffer taken in the master dtype (float32, float64
+    for float64 W)."""
+    dt = state_dtype_for(S["W"])
+    return vector_field(flow, tau, {n: x.to(dt) if x.dim() else x for n, x in S.items()},
+                        g.to(dt))
 
 
 def _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad, maximize):
@@ -97,3 +103,24 @@ def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2:
             o.copy_(r)
         dw, dm, dv = out
     return dw, dm, dv, float(d["c1"]), float(d["c2"])
+
+
+def adam_group_step_(ws, gs, ms, vs, *, steps, lr, beta1, beta2, eps, weight_decay, decoupled,
+                     amsgrad, vmaxs, maximize) -> None:
+    """Adam/AdamW on each tensor of a list at its own step count (one call per tensor)."""
+    for i, (w, g, m, v) in enumerate(zip(ws, gs, ms, vs)):
+        adam_step_(w.view(-1), g.view(-1), m.view(-1), v.view(-1), step=steps[i], lr=lr,
+                   beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                   decoupled=decoupled, amsgrad=amsgrad,
+                   vmax=vmaxs[i].view(-1) if amsgrad else None, maximize=maximize)
+
+
+def rmsprop_group_step_(ws, gs, ss, *, lr, alpha, eps, weight_decay, momentum, centered,
+                        grad_avgs, momentum_bufs, maximize) -> None:
+    """RMSprop on each tensor of a list (one call per tensor)."""
+    for i, (w, g, s) in enumerate(zip(ws, gs, ss)):
+        rmsprop_step_(w.view(-1), g.view(-1), s.view(-1), lr=lr, alpha=alpha, eps=eps,
+                      weight_decay=weight_decay, momentum=momentum, centered=centered,
+                      grad_avg=grad_avgs[i].view(-1) if centered else None,
+                      momentum_buf=momentum_bufs[i].view(-1) if momentum > 0 else None,
+                      maximize=maximize)
