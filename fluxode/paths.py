@@ -98,7 +98,8 @@ def step_of(flow: Flow, h: float | None = None) -> float:
 
 # --- betas-fixed: a flow whose Euler step h is the optimizer with lr·h and β unchanged --------
 def _divide(rate, h: float):
-    """The rate expression ``rate`` divided by h (decay: decay/h)."""
+    """The rate expression ``rate`` divided by h (decay: decay/h); a flow's own kind of rate
+    provides ``divided(h)``."""
     if isinstance(rate, Linear):
         return Linear(tuple(Term(t.coef / h, t.a, t.b, t.op) for t in rate.terms),
                       decay=rate.decay / h)
@@ -108,7 +109,10 @@ def _divide(rate, h: float):
         return Clock(1.0 - (1.0 - rate.keep) / h, rate.tau)
     if isinstance(rate, Exact):  # its exact value now belongs to the step of size h
         return Exact(_divide(rate.inner, h), rate.value, step=rate.step * h)
-    raise TypeError(f"unknown rate expression {type(rate).__name__}")  # pragma: no cover
+    if hasattr(rate, "divided"):  # a flow's own rate expression knows how to scale itself
+        return rate.divided(h)
+    raise ValueError(f"rate expression {type(rate).__name__} has no betas-fixed form (give it "
+                     "a divided(h) method): this flow cannot run along 'betas-fixed'")
 
 
 class BetasFixed(Flow):
