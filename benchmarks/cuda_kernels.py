@@ -429,7 +429,7 @@ def _time(fn, reps: int) -> float:
 
 
 def sweep(dev, max_log2: int = 30, reps: int = 10, budget_s: float = 120.0, emit=None,
-          verbose: bool = True) -> list[dict]:
+          verbose: bool = True, min_log2: int = 20) -> list[dict]:
     """Bandwidth records (one per kernel, impl and size), each emitted as it is measured."""
     from benchmarks.bench_multi_tensor import mixed_sizes
     from fluxode.kernels import adam_field, adam_group_step_, adam_step_, rmsprop_step_
@@ -454,11 +454,12 @@ def sweep(dev, max_log2: int = 30, reps: int = 10, budget_s: float = 120.0, emit
         if emit is not None:
             emit(r)
 
-    for log2 in range(20, max_log2 + 1):
+    for log2 in range(min_log2, max_log2 + 1):
         n = 1 << log2
         free, _ = torch.cuda.mem_get_info()
-        if 9 * 4 * n > 0.6 * free:  # largest live set: 4 ours + 4 torch + 1 spare fp32 bufs
-            print(f"skip 2^{log2}: needs {9 * 4 * n / 2**30:.1f} GiB, {free / 2**30:.1f} free")
+        if 12 * 4 * n > 0.6 * free:  # largest live set: 4 flat + 4 group + 4 torch buffers
+            print(f"skip 2^{log2}: needs {12 * 4 * n / 2**30:.1f} GiB, "
+                  f"{free / 2**30:.1f} free")
             break
         if time.time() - t0 > budget_s:
             print(f"stop before 2^{log2}: time budget {budget_s:.0f} s spent")
@@ -481,9 +482,13 @@ def sweep(dev, max_log2: int = 30, reps: int = 10, budget_s: float = 120.0, emit
                        backend="fused")
         record("adamw", "torch-fused", n, ref_ms, ref_ms, copy_ms)
         record("adamw", "fluxode-triton", n, _time(ours, reps), ref_ms, copy_ms)
-        # the group kernel over 200 tensors of mixed sizes (what a model costs)
-        ws = list(torch.split(w, mixed_sizes(n)))
-        gs, ms_, vs = (list(torch.split(t, mixed_sizes(n))) for t in (g, m, v))
+        # the group kernel over 200 tensors of mixed sizes (what a model costs), each
+        # allocated on its own as a model's parameters are (so 16-byte aligned)
+        sizes = mixed_sizes(n)
+        ws, gs = [torch.randn(k, device=dev) for k in sizes], [torch.randn(k, device=dev)
+                                                                for k in sizes]
+        ms_, vs = [torch.zeros(k, device=dev) for k in sizes], [torch.zeros(k, device=dev)
+                                                                 for k in sizes]
         ps = [torch.nn.Parameter(t.clone()) for t in ws]
         for p_, g_ in zip(ps, gs):
             p_.grad = g_.clone()

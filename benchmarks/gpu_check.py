@@ -228,25 +228,41 @@ def main(argv=None) -> int:
     sections = a.sections.split(",")
     n_kernel = 4099 if a.small else (1 << 20) + 7
     ctx = K.triton_on_cpu() if a.device == "cpu" else contextlib.nullcontext()
+    def section(name, fn):
+        """A section in its own try/except: an error outside its records is a record too."""
+        try:
+            fn()
+        except Exception as err:
+            import traceback
+            log.emit(dict(section=name, name=f"{name} (section)", ok=False,
+                          detail=f"{type(err).__name__}: {err}",
+                          metrics={"traceback": traceback.format_exc()[-2000:]}))
+            print(f"FAIL {name}: {type(err).__name__}: {err}", flush=True)
+
+    def paths():
+        rec = cuda_kernels.Recorder("paths", log.emit)
+        rec.run("FlowOptimizer fused, 200 tensors",
+                lambda: check_flow_optimizer(dev, 1 << (12 if a.small else 22),
+                                             3 if a.small else 5))
+        rec.run("integrate adamw mlp-digits rk4, fused field", lambda: check_integrate(dev))
+        rec.run("ODE training of an MLP (rk4), fused field",
+                lambda: check_ode_training(dev, 2 if a.small else 5))
+
+    def sweep():
+        left = a.budget_s - (time.time() - t0) - 20  # the last size may overrun a little
+        if left > 5:
+            cuda_kernels.sweep(dev, budget_s=left, emit=log.emit)
+        else:
+            log.emit(dict(section="sweep", name="skipped", ok=True,
+                          detail=f"no time left in the {a.budget_s:.0f} s budget"))
+
     with ctx, cuda_kernels.bug_variant(a.variant):
         if "paths" in sections:
-            rec = cuda_kernels.Recorder("paths", log.emit)
-            rec.run("FlowOptimizer fused, 200 tensors",
-                    lambda: check_flow_optimizer(dev, 1 << (12 if a.small else 22),
-                                                 3 if a.small else 5))
-            rec.run("integrate adamw mlp-digits rk4, fused field",
-                    lambda: check_integrate(dev))
-            rec.run("ODE training of an MLP (rk4), fused field",
-                    lambda: check_ode_training(dev, 2 if a.small else 5))
+            section("paths", paths)
         if "kernels" in sections:
-            cuda_kernels.correctness(dev, n_kernel, emit=log.emit)
+            section("kernels", lambda: cuda_kernels.correctness(dev, n_kernel, emit=log.emit))
         if "sweep" in sections and a.device == "cuda" and not a.small:
-            left = a.budget_s - (time.time() - t0) - 20  # the last size may overrun a little
-            if left > 5:
-                cuda_kernels.sweep(dev, budget_s=left, emit=log.emit)
-            else:
-                log.emit(dict(section="sweep", name="skipped", ok=True,
-                              detail=f"no time left in the {a.budget_s:.0f} s budget"))
+            section("sweep", sweep)
     failed = [r["name"] for r in log.records if not r.get("ok", True)]
     print(f"\ngpu_check: {len(log.records)} records, {len(failed)} failed, "
           f"{time.time() - t0:.1f} s; JSON: {log.path}")

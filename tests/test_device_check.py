@@ -133,6 +133,29 @@ def test_self_test_variant_fails_the_whole_check(tmp_path):
     assert proc.returncode == 1 and doc["failed"]
 
 
+def _sweep_child() -> None:
+    """Subprocess entry (TRITON_INTERPRET=1): the GPU-only sweep's code at 2^12 on the CPU,
+    CUDA events and memory queries stubbed (timings meaningless, the code path exercised)."""
+    import benchmarks.cuda_kernels as C
+    import fluxode.kernels as K
+    torch.cuda.mem_get_info = lambda: (1 << 34, 1 << 34)
+    C._time = lambda fn, reps: (fn(), fn(), 1.0)[2]
+    with K.triton_on_cpu():
+        recs = C.sweep(torch.device("cpu"), max_log2=12, min_log2=12, reps=1, verbose=False)
+    print("RESULTS " + json.dumps(sorted((r["kernel"], r["impl"]) for r in recs)))
+
+
+@pytest.mark.slow
+def test_sweep_code_runs_interpreted():
+    proc = _run([__file__, "--sweep-child"])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULTS ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    kinds = {tuple(x) for x in json.loads(lines[-1][len("RESULTS "):])}
+    assert {("adamw-group200", "fluxode-triton"), ("adamw-group200", "torch-fused"),
+            ("adamw", "fluxode-triton"), ("rmsprop", "fluxode-triton"),
+            ("adam-field", "fluxode-triton"), ("copy", "triton")} <= kinds
+
+
 def _signature(fn, args, kwargs):
     """Triton signature/constexprs of a recorded launch (tensors → typed pointers)."""
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
@@ -219,3 +242,5 @@ def test_kernels_compile_for_sm90_without_a_gpu():
 
 if __name__ == "__main__" and "--child" in sys.argv:
     _child()
+if __name__ == "__main__" and "--sweep-child" in sys.argv:
+    _sweep_child()
