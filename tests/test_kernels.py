@@ -9,7 +9,15 @@ Tolerances ("ulp" = spacing of float32 at max(|old|, |new|) of that element):
   CPU fast path (torch's fused Adam op): m bit-identical, v <= 1 ulp, W <= 2 ulp.
   bfloat16 W: within 1 bfloat16 ulp of the float32-master reference rounded to bfloat16.
   Field: dm, dv bit-identical to the plain-torch reference; dW <= 3 ulp (Triton) counted at
-    the operand scale lr*(|u| + wd|W|), since decoupled decay can cancel u.
+    the operand scale lr*(|u| + wd|W|), since decoupled decay can cancel u; NaN exactly where
+    the reference has NaN.
+  Multi-tensor groups (one launch over a list, every tensor at its own step count): bit for
+    bit the same backend's single-tensor kernel, and within the tolerances above of the
+    reference. Low precision (bf16/fp16 W and/or states): every buffer within 1 ulp of its
+    dtype of the float32 reference rounded to it, and >= 99.9% identical (``_bf_match``).
+  FlowOptimizer(backend="fused") on CPU: bit for bit torch's fused=True (same fused op), in
+    float32, float64, bfloat16 and float16 (state kept in the parameter dtype, as torch does);
+    RMSprop bit for bit torch's single-tensor step.
 """
 
 from __future__ import annotations
