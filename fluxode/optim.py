@@ -208,17 +208,36 @@ class FlowOptimizer(torch.optim.Optimizer):
     def _group_step(self, flow: Flow, params: list[Tensor], grads: list[Tensor],
                     h: float) -> bool:
         """The group's step as one multi-tensor launch of the flow's fused kernel (real, dense
-        parameters); False when the flow has none for these tensors."""
+        parameters); False when the flow has none for these tensors. The bookkeeping is per
+        group too: variable keys once, states handed over as they are stored (clocks as
+        Python floats), step counts advanced by one foreach add."""
         if not params or any(p.is_complex() or g.is_sparse for p, g in zip(params, grads)):
             return False
-        states = [self._state(flow, p, g) for p, g in zip(params, grads)]
-        taus = [float(self.state[p]["step"]) * h for p in params]
+        keys = [(v.name, self._key(flow, v), v.is_clock) for v in flow.variables()]
+        states, steps = [], []
+        for p, g in zip(params, grads):
+            st = self.state[p]
+            if "step" not in st:
+                self._state(flow, p, g)
+            S = {"W": p}
+            for name, key, _ in keys:
+                x = st.get(key)
+                if x is None:  # first use: the full path creates or completes the state
+                    self._state(flow, p, g)
+                    S = {"W": p, **{n: st[k] for n, k, _ in keys}}
+                    break
+                S[name] = x
+            states.append(S)
+            steps.append(st["step"])
+        taus = [k * h for k in torch.stack(steps).tolist()]
         if not flow.fused_group_step_(taus, states, grads, h, self.backend):
             return False
+        torch._foreach_add_(steps, 1)
         for p, S in zip(params, states):
             st = self.state[p]
-            st["step"] += 1
-            self._store_clocks(flow, st, S)
+            for name, key, is_clock in keys:
+                if is_clock:
+                    st[key] = float(S[name])
         return True
 
     def _ode_step(self, closure):
