@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from numbers import Real
 
 
@@ -38,6 +39,36 @@ def unit_interval(name: str, value, *, closed_right: bool = False) -> float:
     if not ok:
         rng = "[0, 1]" if closed_right else "[0, 1)"
         raise ValueError(f"{name} must be in {rng}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A documented range of a real hyperparameter: ``low``..``high`` with each end open or
+    closed, written as in the messages ("[0, 1)", "(0, inf)"). ``x in interval`` tests it."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = True
+
+    def __contains__(self, x) -> bool:
+        if isinstance(x, bool) or not isinstance(x, Real) or math.isnan(x):
+            return False
+        above = x > self.low if self.low_open else x >= self.low
+        below = x < self.high if self.high_open else x <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        return (f"{'(' if self.low_open else '['}{self.low:g}, "
+                f"{self.high:g}{')' if self.high_open else ']'}")
+
+
+def within(name: str, value, interval: Interval) -> float:
+    """A finite number in ``interval``."""
+    v = _number(name, value)
+    if v not in interval:
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
     return v
 
 

@@ -67,13 +67,28 @@ def _quadratic(dtype=torch.float64):
     return A, (lambda W: A @ W)
 
 
+def _start(name):
+    """W₀ = (1, -2) as a parameter of a dimension the flow takes (``Flow.param_dims``: a 2×1
+    matrix for a flow on matrices); the quadratic's gradient A @ W keeps that shape."""
+    dims = FLOWS[name].param_dims
+    W0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    return W0 if dims is None or 1 in dims else W0.reshape(2, *[1] * (min(dims) - 1))
+
+
+def _small_lr(name):
+    """A small step (0.05 in W's units), or the flow's default lr where lr is not a length
+    (``Flow.lr_is_step_length``)."""
+    cls = FLOWS[name]
+    return 0.05 if cls.lr_is_step_length else cls.twin_defaults().get("lr", cls.default_lr)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_discrete_run_decreases_a_convex_quadratic(name):
     A, grad = _quadratic()
-    flow = make_flow(name, lr=0.05)
-    W0 = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    flow = make_flow(name, lr=_small_lr(name))
+    W0 = _start(name)
     _, Ws = run_discrete(flow, grad, W0, 400, hess_fn=lambda W: A)
-    loss = lambda W: 0.5 * W @ A @ W  # noqa: E731
+    loss = lambda W: 0.5 * W.reshape(-1) @ A @ W.reshape(-1)  # noqa: E731
     assert loss(Ws[-1]) < 0.5 * loss(W0)
 
 
@@ -170,12 +185,12 @@ def test_field_written_in_place_equals_the_returned_field(name):
     from fluxode.engine import Layout
 
     A, grad = _quadratic()
-    flow = make_flow(name, lr=0.05)
-    W = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    flow = make_flow(name, lr=_small_lr(name))
+    W = _start(name)
     S = flow.init(W.clone(), flow.effective_gradient(W, grad(W), A))
     for k in range(3):  # move away from the start so every term is non-trivial
         euler_step_(flow, k, S, grad(S["W"]), H=A)
-    layout = Layout(flow, [(2,)])
+    layout = Layout(flow, [tuple(W.shape)])
     y = layout.pack([S])
     g = grad(S["W"])
     out = layout.field_into(3.0, y, [g], torch.full_like(y, float("nan")), A)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from numbers import Real
 
 import pytest
 from hypothesis import given, settings
@@ -24,17 +25,27 @@ RANGES = {
     "initial_accumulator_value": lambda x: 0 <= x < math.inf,
     "max_grad_norm": lambda x: 0 < x < math.inf,
 }
-# where a flow's range differs from the shared one (the modified flow divides by 1 - μ)
-RANGE_OVERRIDES = {("modified-sgd", "momentum"): lambda x: 0 <= x < 1}
+# where a flow's range differs from the shared one it declares it (``Flow.ranges``: the
+# modified flow divides by 1 - μ, ASGD's alpha is an exponent, ...)
+BETA = lambda x: 0 <= x < 1  # noqa: E731  each of betas[0], betas[1]
 NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True),
                     st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0, -0.0, 1e-300]))
 
 
+def _allowed(name, param, shared):
+    """The flow's declared range for ``param``, else the shared one."""
+    declared = FLOWS[name].ranges.get(param)
+    return shared if declared is None else (lambda x: x in declared)
+
+
 def _numeric_params(name):
-    flow = make_flow(name)
+    """The shared scalar parameters the flow takes as one real number (Adafactor's eps is a
+    pair (eps1, eps2), as torch's: its invalid_options cover it)."""
+    hp = make_flow(name).hyperparameters()
     takes_clip = "max_grad_norm" in inspect.signature(FLOWS[name]).parameters
     return [p for p in RANGES
-            if p in flow.hyperparameters() or (p == "max_grad_norm" and takes_clip)]
+            if (p in hp and isinstance(hp[p], Real) and not isinstance(hp[p], bool))
+            or (p == "max_grad_norm" and takes_clip)]
 
 
 CASES = [(name, p) for name in sorted(FLOWS) for p in _numeric_params(name)]
@@ -47,7 +58,7 @@ def test_numeric_hyperparameter_contract(name, param, value):
     extra = {}
     if name == "sgd" and param == "dampening":
         extra = {"momentum": 0.9}
-    allowed = RANGE_OVERRIDES.get((name, param), RANGES[param])
+    allowed = _allowed(name, param, RANGES[param])
     ok = (not math.isnan(value)) and allowed(value)
     if ok:
         make_flow(name, **extra, **{param: value})
@@ -63,7 +74,8 @@ ADAM_LIKE = [n for n in sorted(FLOWS) if "betas" in make_flow(n).hyperparameters
 @settings(max_examples=80, deadline=None)
 @given(b1=NUMBERS, b2=NUMBERS)
 def test_betas_contract(name, b1, b2):
-    ok = all(not math.isnan(b) and 0 <= b < 1 for b in (b1, b2))
+    ok = all(not math.isnan(b) and _allowed(name, f"betas[{i}]", BETA)(b)
+             for i, b in enumerate((b1, b2)))
     if ok:
         make_flow(name, betas=(b1, b2))
     else:

@@ -18,6 +18,11 @@ converge to the flow along ``rates`` (order 1, measured), but only for
 h ≪ ε/((1-ρ)g²): at torch's ε = 1e-6 and |g| ~ 1 that is h ≪ 1e-5, and at practical h the
 sweep sees no convergence (``experiments/zoo_table.py``: measured order ≈ 0 on quadratic).
 
+lr is therefore not a length in W's units but a multiplier of a step whose size the flow sets
+(``lr_is_step_length = False``): from the start the effective rate is lr·√q with q small, and
+torch's default lr = 1 is the natural scale (a "small" lr such as 0.05 barely moves W in
+hundreds of steps, as torch's Adadelta does).
+
 Capabilities (``fluxode.flows.capabilities``):
 
     betas-fixed limit   v → g², and a → d² with d² = (a + ε)g²/(g² + ε), whose fixed point is
@@ -41,6 +46,7 @@ class Adadelta(Flow):
     torch_names = {"v": "square_avg", "a": "acc_delta"}
     vectors = ("v", "a")
     default_lr = 1.0
+    lr_is_step_length = False  # lr multiplies √(a+ε)/√(v+ε)·g, whose scale the flow sets
 
     def __init__(self, lr=None, rho=0.9, eps=1e-6, weight_decay=0.0, *, maximize=False,
                  schedule=None, max_grad_norm=None):

@@ -93,6 +93,7 @@ class ASGD(Flow):
     torch_twin = "ASGD"
     torch_names = {"ax": "ax", "eta": "eta", "mu": "mu"}
     default_lr = 1e-2
+    ranges = {"alpha": check.Interval(0.0, math.inf)}  # an exponent, not a smoothing weight
 
     def __init__(self, lr=None, lambd=1e-4, alpha=0.75, t0=1e6, weight_decay=0.0, *,
                  maximize=False, schedule=None, max_grad_norm=None):
@@ -102,7 +103,7 @@ class ASGD(Flow):
             raise ValueError("ASGD carries its own step-size schedule lr/(1 + λ·lr·τ)^α; drive "
                              "lr with a torch LR scheduler instead of schedule=")
         self.lambd = check.at_least("lambd", lambd, 0.0)
-        self.alpha = check.at_least("alpha", alpha, 0.0)
+        self.alpha = check.within("alpha", alpha, self.ranges["alpha"])
         self.t0 = check.at_least("t0", t0, 0.0)
 
     # --- the step size and averaging weight as functions of τ --------------------------------

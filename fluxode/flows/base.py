@@ -131,6 +131,18 @@ class Flow(Capabilities):
     sparse_gradients: ClassVar[bool] = False  # the discrete step accepts sparse gradients
     complex_as_real: ClassVar[bool] = True  # complex parameters step on their real view
     default_lr: ClassVar[float] = 1e-3  # used when there is no twin to read it from
+    # Documented ranges of the real hyperparameters whose domain differs from the
+    # conventional one (lr, weight_decay, lr_decay ≥ 0; eps > 0; momentum, dampening in
+    # [0, 1]; alpha and each of betas[0], betas[1] in [0, 1)): e.g. an exponent named alpha,
+    # or a β the flow divides by. The constructor refuses exactly what lies outside.
+    ranges: ClassVar[dict[str, check.Interval]] = {}
+    # The numbers of dimensions a parameter may have (None: any). A flow that needs
+    # matrices (Muon) refuses other parameters when their state is built.
+    param_dims: ClassVar[tuple[int, ...] | None] = None
+    # True when lr is a length in W's units (the update scales with it directly). False where
+    # lr multiplies a step whose size the flow sets itself (Adadelta: √(a+ε)/√(v+ε)·g); there
+    # only the flow's default lr is a natural scale.
+    lr_is_step_length: ClassVar[bool] = True
 
     def __init__(self, lr: float | None = None, *, weight_decay: float = 0.0,
                  maximize: bool = False, schedule=None, max_grad_norm: float | None = None):

@@ -108,12 +108,13 @@ class ModifiedSGD(Flow):
     summary = "first-order modified flow of GD / heavy ball: -(1/(1-μ))∇[L + c·‖∇L‖²]"
     needs_hessian = True
     default_lr = 1e-2
+    ranges = {"momentum": check.Interval(0.0, 1.0)}  # the field divides by 1 - μ
 
     def __init__(self, lr=None, momentum=0.0, h=1.0, shift_start=True, *, schedule=None):
         from ..paths import check_step
 
         super().__init__(lr, schedule=schedule)
-        self.momentum = check.unit_interval("momentum", momentum)
+        self.momentum = check.within("momentum", momentum, self.ranges["momentum"])
         self.h = check_step(h)
         self.shift_start = check.flag("shift_start", shift_start)
 

@@ -29,8 +29,9 @@ without nesterov U(0) = B(0) = 0 and NS_k(0) = 0 (torch clamps the norm at ε), 
 is continuous there only in the sense NS_k(U) → NS_k(direction of Ḃ) as τ → 0⁺: the solver
 sees a bounded jump at τ = 0 only.
 
-Only 2-D parameters: torch.optim.Muon refuses others, and so does this flow (a ValueError
-when the state of a parameter of another dimension is built).
+Only 2-D parameters (``param_dims = (2,)``): torch.optim.Muon refuses others, and so does this
+flow (a ValueError when the state of a parameter of another dimension is built).
+μ ∈ [0, 1] (torch asks only μ ≥ 0; μ > 1 would make Ḃ = (1-μ)(g - B) unstable).
 
 Limits:
 
@@ -55,7 +56,7 @@ DEFAULT_NS = (3.4445, -4.7750, 2.0315)
 
 
 def _matrix_shape(shape):
-    if len(shape) != 2:
+    if len(shape) not in Muon.param_dims:
         raise ValueError(f"Muon only supports 2D parameters (torch.optim.Muon refuses others); "
                          f"got a parameter of shape {tuple(shape)}: give it to another "
                          "optimizer (e.g. AdamW) in a separate FlowOptimizer")
@@ -97,13 +98,16 @@ class Muon(Flow):
     tensorwise = True
     decoupled_decay = True
     torch_names = {"B": "momentum_buffer"}
+    param_dims = (2,)  # torch.optim.Muon refuses other parameters, and so does the flow
 
     def __init__(self, lr=None, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=DEFAULT_NS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *,
                  ns_dtype="bfloat16", schedule=None, max_grad_norm=None):
         super().__init__(lr, weight_decay=weight_decay, schedule=schedule,
                          max_grad_norm=max_grad_norm)
-        self.momentum = check.unit_interval("momentum", momentum)
+        # μ ∈ [0, 1]: μ = 1 freezes B at 0 (then only the decay acts); μ > 1 makes
+        # Ḃ = (1-μ)(g - B) unstable, so it is refused although torch only asks μ ≥ 0
+        self.momentum = check.unit_interval("momentum", momentum, closed_right=True)
         self.nesterov = check.flag("nesterov", nesterov)
         if not isinstance(ns_coefficients, (tuple, list)) or len(ns_coefficients) != 3:
             raise ValueError(f"ns_coefficients must be 3 numbers (a, b, c), got "
@@ -204,7 +208,8 @@ class Muon(Flow):
 
     @classmethod
     def invalid_options(cls):
-        return [{"lr": -1.0}, {"weight_decay": -0.1}, {"momentum": 1.0}, {"nesterov": None},
+        return [{"lr": -1.0}, {"weight_decay": -0.1}, {"momentum": 1.5}, {"momentum": -0.1},
+                {"nesterov": None},
                 {"ns_coefficients": (1.0, 2.0)}, {"eps": 0.0}, {"ns_steps": 0},
                 {"ns_steps": 100}, {"adjust_lr_fn": "bogus"}, {"ns_dtype": "half"}]
 

@@ -76,15 +76,16 @@ class Rprop(Flow):
         etas = tuple(etas) if isinstance(etas, (tuple, list)) else etas
         if not (isinstance(etas, tuple) and len(etas) == 2):
             raise ValueError(f"etas must be a pair (etaminus, etaplus), got {etas!r}")
-        em, ep = (check.positive("etaminus", etas[0]), check.positive("etaplus", etas[1]))
+        em, ep = check.positive("etas[0]", etas[0]), check.positive("etas[1]", etas[1])
         if not 0.0 < em < 1.0 < ep:
-            raise ValueError(f"etas must satisfy 0 < etaminus < 1 < etaplus, got {etas!r}")
+            raise ValueError(f"etas must satisfy 0 < etas[0] < 1 < etas[1] (etaminus, etaplus), "
+                             f"got {etas!r}")
         self.etas = (em, ep)
         sizes = tuple(step_sizes) if isinstance(step_sizes, (tuple, list)) else step_sizes
         if not (isinstance(sizes, tuple) and len(sizes) == 2):
             raise ValueError(f"step_sizes must be a pair (min, max), got {step_sizes!r}")
-        lo, hi = check.at_least("step_size_min", sizes[0], 0.0), check.positive(
-            "step_size_max", sizes[1])
+        lo = check.at_least("step_sizes[0]", sizes[0], 0.0)   # the minimal step size
+        hi = check.positive("step_sizes[1]", sizes[1])         # the maximal step size
         if lo > hi:
             raise ValueError(f"step_sizes must have min ≤ max, got {step_sizes!r}")
         self.step_sizes = (lo, hi)
@@ -154,4 +155,5 @@ class Rprop(Flow):
         return [{"lr": -1.0}, {"lr": float("nan")}, {"maximize": "yes"},
                 {"max_grad_norm": 0.0}, {"schedule": "bogus"}, {"etas": (1.5, 1.2)},
                 {"etas": (0.5, 0.9)}, {"etas": 0.5}, {"step_sizes": (1.0, 0.1)},
-                {"step_sizes": (-1.0, 1.0)}]
+                {"step_sizes": (-1.0, 1.0)}, {"step_sizes": (0.0, 0.0)},
+                {"etas": (0.0, 1.2)}]

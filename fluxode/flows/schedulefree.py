@@ -96,15 +96,16 @@ class ScheduleFreeSGD(Flow):
     default_lr = 1.0
     decoupled_decay = False  # the package adds λy to the gradient
     adaptive = False
+    # β = 0 (Polyak averaging) is a valid method, but then y = z and the eval point
+    # x = lerp(y, z, 1 - 1/β) is not a function of the state the flow keeps. β = 1 (primal
+    # averaging) is left out: it is not checked against the package here
+    ranges = {"momentum": check.Interval(0.0, 1.0, low_open=True)}
 
     def __init__(self, lr=None, momentum=0.9, weight_decay=0.0, warmup_steps=0, r=0.0,
                  weight_lr_power=2.0, *, schedule=None, max_grad_norm=None):
         super().__init__(lr, weight_decay=weight_decay, schedule=schedule,
                          max_grad_norm=max_grad_norm)
-        m = check._number("momentum", momentum)
-        if not 0 < m < 1:
-            raise ValueError(f"momentum must be in (0, 1), got {momentum!r}")
-        self.momentum = m
+        self.momentum = check.within("momentum", momentum, self.ranges["momentum"])
         self._common(warmup_steps, r, weight_lr_power)
 
     def _common(self, warmup_steps, r, weight_lr_power):
@@ -249,6 +250,8 @@ class ScheduleFreeAdamW(ScheduleFreeSGD):
     default_lr = 0.0025
     decoupled_decay = True  # λy is added to the *normalized* gradient
     torch_names = {"v": "exp_avg_sq"}
+    # β₁ = 0: the eval point divides by it (see ScheduleFreeSGD.ranges)
+    ranges = {"betas[0]": check.Interval(0.0, 1.0, low_open=True)}
 
     def __init__(self, lr=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  warmup_steps=0, r=0.0, weight_lr_power=2.0, *, schedule=None,
@@ -256,8 +259,9 @@ class ScheduleFreeAdamW(ScheduleFreeSGD):
         Flow.__init__(self, lr, weight_decay=weight_decay, schedule=schedule,
                       max_grad_norm=max_grad_norm)
         self.betas = check.betas(betas)
-        if self.betas[0] == 0:
-            raise ValueError("betas[0] must be in (0, 1): the eval point divides by it")
+        if self.betas[0] not in self.ranges["betas[0]"]:
+            raise ValueError(f"betas[0] must be in {self.ranges['betas[0]']}: the eval point "
+                             f"divides by it, got {betas!r}")
         self.eps = check.positive("eps", eps)
         self._common(warmup_steps, r, weight_lr_power)
 
