@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+import torch.testing._internal.common_optimizers as common  # needs expecttest (dev extra)
 from fluxode.flows import FLOWS
 from fluxode.optim import FlowOptimizer
 
-common = pytest.importorskip("torch.testing._internal.common_optimizers")
 OptimizerErrorEnum = common.OptimizerErrorEnum
 
 TWINS = {}  # torch class name → flow name (every registered flow with a torch twin)
