@@ -30,8 +30,17 @@ from .engine.solve import check_max_steps
 from .flows import Flow, State, make_flow
 from .problems import Problem, make_problem
 
-__all__ = ["Trajectory", "integrate", "run_discrete_trajectory", "initial_state",
-           "IntegrationError", "METHODS", "ADAPTIVE", "FIXED", "all_finite"]
+__all__ = [
+    "ADAPTIVE",
+    "FIXED",
+    "METHODS",
+    "IntegrationError",
+    "Trajectory",
+    "all_finite",
+    "initial_state",
+    "integrate",
+    "run_discrete_trajectory",
+]
 
 
 @dataclass

@@ -19,4 +19,4 @@ class ODEOptimizer(FlowOptimizer):
     default_method = "rk4"
 
 
-__all__ = ["ODEOptimizer", "METHODS"]
+__all__ = ["METHODS", "ODEOptimizer"]

@@ -45,7 +45,6 @@ from .forces import clip_gradients_
 from .validation import backend as check_backend
 from .validation import positive, positive_int
 
-
 IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable", "capturable")
 """torch.optim's implementation switches: accepted under the twin's names and kept in the param
 groups; foreach/fused=True choose fluxode's fast path (backend "auto"), differentiable/capturable
@@ -279,7 +278,8 @@ class FlowOptimizer(torch.optim.Optimizer):
 
     def _solver_kwargs(self, h: float) -> dict:
         opts = dict(self.options)
-        kw = dict(method=self.method, rtol=self.rtol, atol=self.atol, max_steps=self.max_steps)
+        kw = {"method": self.method, "rtol": self.rtol, "atol": self.atol,
+              "max_steps": self.max_steps}
         if self.method in engine.FIXED:
             kw["step_size"] = h / self.substeps
         else:
@@ -378,7 +378,7 @@ def _validate_like_twin(cls, kwargs: dict) -> None:
     extra = flags - set(sig)
     if extra:
         raise TypeError(f"{twin.__name__}.__init__() got an unexpected keyword argument "
-                        f"{sorted(extra)[0]!r}")
+                        f"{min(extra)!r}")
     known = {k: v for k, v in kwargs.items() if k in sig}
     if known.get("differentiable") or known.get("capturable"):
         return  # refused by fluxode itself, below

@@ -12,9 +12,9 @@ import warnings
 
 import pytest
 import torch
+import torch.testing._internal.common_optimizers as common  # needs expecttest (dev extra)
 from torch import nn
 
-import torch.testing._internal.common_optimizers as common  # needs expecttest (dev extra)
 from fluxode.flows import FLOWS
 from fluxode.optim import FlowOptimizer
 
@@ -225,7 +225,7 @@ def _pair(flow, twin, dtype=torch.float64, **kw):
 
 
 def test_closure_loss_and_zero_grad_both_ways():
-    a, ta, b, fb = _pair("sgd", "SGD", lr=0.1)
+    _, _, b, fb = _pair("sgd", "SGD", lr=0.1)
     x, y = _data(torch.float64)
     loss = _step(b, fb, x, y)
     assert torch.is_tensor(loss) and loss.item() > 0

@@ -209,7 +209,7 @@ def test_per_parameter_step_counts_in_ode_mode():
     for k in range(4):
         use_b = k % 2 == 0
 
-        def closure():
+        def closure(use_b=use_b):
             opt.zero_grad()
             loss = a.square().sum() + (b.square().sum() if use_b else 0.0)
             loss.backward()
@@ -276,7 +276,7 @@ def _sources():
 
 def test_torchdiffeq_is_imported_in_exactly_one_module():
     users = [p.relative_to(ROOT).as_posix() for p, s in _sources().items()
-             if re.search(r"^\s*(import torchdiffeq|from torchdiffeq)", s, re.M)]
+             if re.search(r"^\s*(import torchdiffeq|from torchdiffeq)", s, re.MULTILINE)]
     assert users == ["engine/solve.py"]
 
 

@@ -10,9 +10,31 @@ stability, training) is a caller of these.
 """
 
 from .layout import Layout
-from .solve import (ADAPTIVE, FIXED, METHODS, IntegrationError, all_finite, check_method,
-                    check_positive, solve)
+from .solve import (
+                    ADAPTIVE,
+                    FIXED,
+                    METHODS,
+                    IntegrationError,
+                    all_finite,
+                    check_method,
+                    check_positive,
+                    solve,
+)
 from .step import Oracle, evaluate, run, start, step_
 
-__all__ = ["Layout", "solve", "IntegrationError", "METHODS", "ADAPTIVE", "FIXED", "all_finite",
-           "check_method", "check_positive", "Oracle", "evaluate", "run", "start", "step_"]
+__all__ = [
+                    "ADAPTIVE",
+                    "FIXED",
+                    "METHODS",
+                    "IntegrationError",
+                    "Layout",
+                    "Oracle",
+                    "all_finite",
+                    "check_method",
+                    "check_positive",
+                    "evaluate",
+                    "run",
+                    "solve",
+                    "start",
+                    "step_",
+]

@@ -85,7 +85,7 @@ class Layout:
     def explain(self, tau: float, y: Tensor, dy: Tensor | None = None,
                 grads: list[Tensor] | None = None) -> str | None:
         """Which state variable, gradient or rate is non-finite at τ (None if none is)."""
-        where = lambda u: f" of tensor {u}" if len(self.units) > 1 else ""  # noqa: E731
+        where = lambda u: f" of tensor {u}" if len(self.units) > 1 else ""
         for u, S in enumerate(self.views(y)):
             for name, v in S.items():
                 if not torch.isfinite(v).all():
