@@ -33,6 +33,14 @@ from .modified import ModifiedAdam, SignFlow
 from .rates import Clock, Linear, Term, Toward
 
 
+def moment_rates(betas, tau, g):
+    """ṁ = (1-β₁)(g - m), v̇ = (1-β₂)(g² - v) and their clocks, in torch's operations
+    (``m.lerp_(g, 1-β₁)``, ``v.mul_(β₂).addcmul_(g, g, value=1-β₂)``, ``1 - βᵏ``)."""
+    b1, b2 = betas
+    return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), decay=1 - b2, keep=b2),
+            Clock(b1, tau), Clock(b2, tau))
+
+
 class Adam(Flow):
     name = "adam"
     summary = "Adam with bias correction as a flow, coupled L2 decay (torch.optim.Adam)"
@@ -76,11 +84,8 @@ class Adam(Flow):
         return self._raise_to(S, {n: floor for n in self.vectors if n != "m"})
 
     def blocks(self):
-        b1, b2 = self.betas
-
         def moments(tau, S, g):
-            return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), decay=1 - b2, keep=b2),
-                    Clock(b1, tau), Clock(b2, tau))
+            return moment_rates(self.betas, tau, g)
 
         def position(tau, S, g):
             eta = self.eta(tau)

@@ -66,6 +66,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as check
+from .adam import moment_rates
 from .base import Block, Flow, Var
 from .rates import Clock, Linear, Term, Toward
 
@@ -289,11 +290,8 @@ class RAdam(Flow):
         return [t] if 0 <= t <= T else []
 
     def blocks(self):
-        b1, b2 = self.betas
-
         def moments(tau, S, g):
-            return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), decay=1 - b2, keep=b2),
-                    Clock(b1, tau), Clock(b2, tau))
+            return moment_rates(self.betas, tau, g)
 
         def position(tau, S, g):
             lr = self.eta(tau)
