@@ -217,7 +217,8 @@ def sweep(flow: Flow | str, problem, T: float, hs=None, path: str = "rates",
     _check_fit(hs, errs, "error(T)", ROUNDING * scale)
     _check_fit(hs, maxes, "max error", ROUNDING * scale)
     fit, fmax = fit_order(hs, errs, confidence), fit_order(hs, maxes, confidence)
-    ref_name = "modified" if modified else ("limit" if path != "rates" else "flow")
+    ref_name = "modified" if modified else \
+        ("flow" if P.limit_flow(flow, path) is flow else "limit")  # NAG → its ODE: "limit"
     return Sweep(flow.name, getattr(problem, "name", "problem"), path, ref_name, float(T), hs,
                  errs, maxes, fit.order, fit.ci, fmax.order, fmax.ci, flow.hyperparameters())
 

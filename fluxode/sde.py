@@ -558,9 +558,12 @@ def sme_loss(problem, flow="sgd", batch_size: int = 1, steps: int = 100, paths: 
     ts = torch.arange(0, steps + 1, every, dtype=W0.dtype)
     if float(ts[-1]) != steps:
         ts = torch.cat([ts, torch.tensor([float(steps)], dtype=W0.dtype)])
-    torch.manual_seed(seed)
+    y0 = W0.expand(paths, -1).clone()
+    width = len(sme.idx) if sme.noise_type == "general" else y0.shape[1]
+    bm = torchsde.BrownianInterval(float(ts[0]), float(ts[-1]), size=(paths, width),
+                                   dtype=y0.dtype, entropy=seed)  # seeded: reproducible paths
     with torch.no_grad():
-        ys = torchsde.sdeint(sme, W0.expand(paths, -1).clone(), ts, method="euler", dt=dt)
+        ys = torchsde.sdeint(sme, y0, ts, method="euler", dt=dt, bm=bm)
     L = torch.stack([sme.loss(y) for y in ys])  # (times, paths)
     se = L.std(1) / math.sqrt(paths) if paths > 1 else torch.zeros_like(L[:, 0])
     return {"times": ts, "mean": L.mean(1), "se": se, "losses": L}

@@ -214,3 +214,14 @@ def test_sme_drift_is_the_flow_and_diffusion_the_measured_covariance():
         sde.SME(net, make_flow("sgd", momentum=0.9), batch_size=B)
     with pytest.raises(ValueError, match="example_losses"):
         sde.SME(sde.__dict__.get("nothing", object()), "sgd")
+
+
+def test_sme_paths_are_reproducible_from_the_seed():
+    """The Brownian motion is seeded: one seed gives the same paths, another seed others."""
+    net = _tiny_net()
+    kw = dict(batch_size=2, steps=4, every=2, paths=3, dt=1.0, examples=8)
+    a = sde.sme_loss(net, "sgd", seed=1, **kw)["losses"]
+    b = sde.sme_loss(net, "sgd", seed=1, **kw)["losses"]
+    c = sde.sme_loss(net, "sgd", seed=2, **kw)["losses"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a[1:], c[1:])
