@@ -165,7 +165,7 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
               min_step: float | None = None, max_steps: int = 100_000,
               check_finite: bool = True, dense: bool = True,
               backend: str = "reference", state: State | None = None,
-              tau0: float = 0.0) -> Trajectory:
+              tau0: float = 0.0, solver: str = "torchdiffeq") -> Trajectory:
     """Solve the flow's ODE from S(τ₀) over [τ₀, T], sampled at ``save_at`` (default: every
     integer when T - τ₀ is a whole number ≤ 2000, else 201 points).
 
@@ -176,7 +176,8 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
     ``state``: start from this state (a dict with W and every state variable; default: the
     consistent start from x0) at step-clock time ``tau0``. ``dtype``/``device``, when given,
     must match the problem's. ``backend``: "reference" evaluates the flow's field with the
-    core; "fused"/"auto" use the flow's one-pass fused field where it has one."""
+    core; "fused"/"auto" use the flow's one-pass fused field where it has one. ``solver``:
+    "torchdiffeq" (default) or "torchode" (dopri5/euler, no jumps; ``engine.solve``)."""
     flow, problem, W0 = _problem_and_start(flow, problem, _start_point(x0, state), dtype,
                                            device)
     tau0 = float(tau0) if tau0 == 0 else engine.check_positive("tau0", tau0)
@@ -195,10 +196,9 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
         raise ValueError(f"initial state: {msg}")
     sl = layout.slices["W"]
 
-    def rhs(tau: float, y: Tensor) -> Tensor:
-        W = y[sl]
-        g, H = engine.evaluate(flow, problem, W, tau)
-        return layout.field_into(tau, y, [g], torch.empty_like(y), H)
+    def rhs(tau: float, y: Tensor, out: Tensor) -> Tensor:
+        g, H = engine.evaluate(flow, problem, y[sl], tau)
+        return layout.field_into(tau, y, [g], out, H)
 
     t = times if times[0] == tau0 else torch.cat([torch.tensor([tau0], dtype=torch.float64),
                                                   times])
@@ -207,7 +207,7 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
                               atol=atol, step_size=step_size,
                               jumps=_jumps(flow, problem, Tend), max_steps=max_steps,
                               min_step=min_step, options=options, dense=dense,
-                              check_finite=check_finite,
+                              check_finite=check_finite, into=True, solver=solver,
                               explain=lambda tau, y, dy: layout.explain(tau, y, dy))
     if times[0] != tau0:
         sol = sol[1:]

@@ -261,15 +261,13 @@ class FlowOptimizer(torch.optim.Optimizer):
 
         self.last_nfe = 0
         loss, raw0 = gradients()
-        W0 = {p: p.detach().clone() for p in all_params}
         if not raw0:  # nothing to integrate (no gradient, or only zero-element parameters)
             return loss
         plan = _Plan(self, raw0, h)
         try:
             y1 = plan.integrate(gradients)
         except BaseException:
-            for p, w in W0.items():  # leave the model where the step started
-                p.copy_(w)
+            plan._write_params(plan.y0)  # leave the model where the step started
             _restore_grads(all_params, raw0)
             raise
         plan.finish(y1)
@@ -407,9 +405,10 @@ def _describe(x) -> str:
 
 
 def _restore_grads(params, raw: dict) -> None:
-    """.grad as the closure left it at the start of the step."""
+    """.grad as the closure left it at the start of the step (the solver never writes into
+    those tensors: a clipped gradient is a copy)."""
     for p in params:
-        p.grad = raw[p].clone() if p in raw else None
+        p.grad = raw.get(p)
 
 
 class _Plan:
@@ -417,75 +416,98 @@ class _Plan:
     flat state y, the field, and the write-back.
 
     Unit: one parameter, or (elementwise flows) the parameters of one group with equal step
-    counts, flattened together. Unit u runs on its own step clock τ_u = step_u·h + t, t ∈ [0, h].
-    """
+    counts, flattened together. Unit u runs on its own step clock τ_u = step_u·h + t, t ∈ [0, h]
+    (the step counts are read once, as Python numbers). The field writes into the solver's
+    stage rows; a unit of several parameters gathers their gradients into one buffer kept for
+    the step; the start point reuses the closure's gradient."""
 
     def __init__(self, opt: FlowOptimizer, raw0: dict, h: float):
         self.opt, self.h = opt, h
-        self.groups = []  # (flow, layout, units, segment)
-        states, offset = [], 0
+        plan = []
         for group in opt.param_groups:
             flow = opt.flow_for(group)
             active = [p for p in group["params"] if p in raw0]
             if not active:
                 continue
-            g0 = [raw0[p].clone() for p in active]
+            g0 = [raw0[p].clone() for p in active] if flow.max_grad_norm is not None \
+                else [raw0[p] for p in active]
             clip_gradients_(g0, flow.max_grad_norm)
             for p, g in zip(active, g0):
                 opt._state(flow, p, g)
-            units = self._units(flow, active)
-            layout = engine.Layout(flow, [u[1] for u in units], opt.backend)
-            self.groups.append((flow, layout, units, slice(offset, offset + layout.size)))
-            offset += layout.size
-            states += [self._gather(flow, ps) for ps, _ in units]
-        devices = {S["W"].device for S in states}
+            plan.append((flow, active))
+        every = [p for _, active in plan for p in active]
+        counts = torch.stack([torch.as_tensor(opt.state[p]["step"], dtype=torch.float64)
+                              for p in every]).tolist()  # one read for all step counts
+        self.count = dict(zip(every, counts))
+        devices = {p.device for p in every}
         if len(devices) > 1:
             raise ValueError("an ODE method needs every parameter with a gradient on one device "
                              f"(the solver state is one buffer), got {sorted(map(str, devices))}")
-        dtype = functools.reduce(torch.promote_types, (S["W"].dtype for S in states))
-        self.raw0, self.first = raw0, True
         # mixed precisions share one buffer in the widest dtype; each unit keeps its own
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in every))
+        self.groups = []  # (flow, layout, units, segment, base τ per unit, gradient buffers)
+        offset = 0
+        for flow, active in plan:
+            units = self._units(flow, active)
+            layout = engine.Layout(flow, [u[1] for u in units], opt.backend)
+            base = [self.count[ps[0]] * h for ps, _ in units]
+            bufs = [torch.empty(shape, dtype=dtype, device=ps[0].device) if len(ps) > 1
+                    else None for ps, shape in units]
+            self.groups.append((flow, layout, units, slice(offset, offset + layout.size), base,
+                                bufs))
+            offset += layout.size
+        self.raw0, self.first = raw0, True
         self.y0 = torch.empty(offset, dtype=dtype, device=devices.pop())
-        it = iter(states)
-        for flow, layout, units, seg in self.groups:
-            layout.pack([next(it) for _ in units], self.y0[seg])
+        for flow, layout, units, seg, _, _ in self.groups:
+            for (ps, _), views in zip(units, layout.views(self.y0[seg])):
+                self._gather(flow, ps, views)
 
     def _units(self, flow: Flow, params: list[Tensor]) -> list[tuple[list[Tensor], tuple]]:
         if not flow.elementwise:
             return [([p], tuple(p.shape)) for p in params]
         by_key: dict = {}
         for p in params:
-            key = (float(self.opt.state[p]["step"]), p.dtype, p.device)
-            by_key.setdefault(key, []).append(p)
+            by_key.setdefault((self.count[p], p.dtype, p.device), []).append(p)
         return [(ps, (sum(p.numel() for p in ps),)) for ps in by_key.values()]
 
-    def _gather(self, flow: Flow, ps: list[Tensor]) -> dict:
-        """The unit's state: each variable of its parameters, flattened and joined (one
-        parameter: as it is); clocks from the first parameter."""
+    def _gather(self, flow: Flow, ps: list[Tensor], views: dict) -> None:
+        """The unit's state written into its views of y₀: each variable of its parameters,
+        flattened and joined; clocks from the first parameter."""
         sts = [self.opt.state[p] for p in ps]
-        S = {"W": ps[0].detach() if len(ps) == 1 else torch.cat([p.reshape(-1) for p in ps])}
-        for v in flow.variables():
-            key = self.opt._key(flow, v)
-            if v.is_clock:
-                S[v.name] = torch.tensor(sts[0][key], dtype=torch.float64)
-            else:
-                S[v.name] = sts[0][key] if len(ps) == 1 else torch.cat(
-                    [st[key].reshape(-1) for st in sts])
-        return S
+        for name, view in views.items():
+            var = None if name == "W" else next(v for v in flow.variables() if v.name == name)
+            if var is not None and var.is_clock:
+                view.fill_(sts[0][self.opt._key(flow, var)])
+                continue
+            off = 0
+            for p, st in zip(ps, sts):
+                x = p.detach() if var is None else st[self.opt._key(flow, var)]
+                view.view(-1)[off:off + p.numel()].copy_(x.reshape(-1))
+                off += p.numel()
 
-    def _taus(self, units, t: float) -> list[float]:
-        return [float(self.opt.state[ps[0]]["step"]) * self.h + t for ps, _ in units]
-
-    def _unit_grads(self, units, grads: dict) -> list[Tensor]:
+    def _unit_grads(self, flow: Flow, units, bufs, grads: dict) -> list[Tensor]:
         out = []
-        for ps, _ in units:
-            gs = [grads[p] if p in grads else torch.zeros_like(p) for p in ps]
-            g = gs[0].clone() if len(gs) == 1 else torch.cat([g.reshape(-1) for g in gs])
-            out.append(g.to(self.y0.dtype))
+        for (ps, shape), buf in zip(units, bufs):
+            if buf is None:
+                p = ps[0]
+                g = grads[p] if p in grads else torch.zeros_like(p)
+                g = g.to(self.y0.dtype)
+                out.append(g.clone() if flow.max_grad_norm is not None and g is grads.get(p)
+                           else g)
+            else:
+                off = 0
+                for p in ps:
+                    dst = buf[off:off + p.numel()]
+                    if p in grads:
+                        dst.copy_(grads[p].reshape(-1))
+                    else:
+                        dst.zero_()
+                    off += p.numel()
+                out.append(buf)
         return out
 
     def _write_params(self, y: Tensor) -> None:
-        for flow, layout, units, seg in self.groups:
+        for flow, layout, units, seg, _, _ in self.groups:
             for (ps, _), S in zip(units, layout.views(y[seg])):
                 off = 0
                 for p in ps:
@@ -494,46 +516,45 @@ class _Plan:
                     off += p.numel()
 
     def integrate(self, gradients) -> Tensor:
-        jumps = sorted({j - tau for flow, _, units, _ in self.groups
-                        for tau in self._taus(units, 0.0)
+        jumps = sorted({j - tau for flow, _, _, _, base, _ in self.groups for tau in base
                         for j in flow.jump_times(tau + self.h) if tau < j < tau + self.h})
         self.last_grads: list[list[Tensor]] = []
 
-        def rhs(t: float, y: Tensor) -> Tensor:
-            if self.first and t == 0.0 and y is self.y0:
+        def rhs(t: float, y: Tensor, out: Tensor) -> Tensor:
+            if self.first and y is self.y0:
                 grads = self.raw0  # the start point: reuse the closure's gradient
             else:
                 self._write_params(y)
                 grads = gradients()[1]
             self.first = False
-            out = torch.empty_like(y)
             self.last_grads = []
-            for flow, layout, units, seg in self.groups:
-                gs = self._unit_grads(units, grads)
+            for flow, layout, units, seg, base, bufs in self.groups:
+                gs = self._unit_grads(flow, units, bufs, grads)
                 clip_gradients_(gs, flow.max_grad_norm)
                 self.last_grads.append(gs)
-                layout.field_into(self._taus(units, t), y[seg], gs, out[seg])
+                layout.field_into([b + t for b in base], y[seg], gs, out[seg])
             return out
 
         t = torch.tensor([0.0, self.h], dtype=torch.float64)
-        sol, _ = engine.solve(rhs, self.y0, t, jumps=jumps, explain=self._explain,
-                              **self.opt._solver_kwargs(self.h))
+        sol, _ = engine.solve(rhs, self.y0, t, jumps=jumps, explain=self._explain, into=True,
+                              final_only=True, **self.opt._solver_kwargs(self.h))
         return sol[-1]
 
     def _explain(self, t: float, y: Tensor, dy: Tensor | None) -> str | None:
-        for i, (flow, layout, units, seg) in enumerate(self.groups):
+        for i, (flow, layout, units, seg, base, _) in enumerate(self.groups):
             grads = self.last_grads[i] if i < len(self.last_grads) else None
-            msg = layout.explain(self._taus(units, t)[0], y[seg],
-                                 None if dy is None else dy[seg], grads)
+            msg = layout.explain(base[0] + t, y[seg], None if dy is None else dy[seg], grads)
             if msg:
                 return (f"flow {flow.name!r}: {msg}: the step diverged (lr too large, or a "
                         "loss that overflows?)")
         return None
 
     def finish(self, y1: Tensor) -> None:
-        """Write the integrated state back: parameters, per-parameter state, step counts."""
+        """Write the integrated state back: parameters, per-parameter state, step counts
+        (the clocks read back in one transfer)."""
         self._write_params(y1)
-        for flow, layout, units, seg in self.groups:
+        clocks = []  # (state dict, key, 0-d view of y₁)
+        for flow, layout, units, seg, _, _ in self.groups:
             for (ps, _), S in zip(units, layout.views(y1[seg])):
                 off = 0
                 for p in ps:
@@ -541,10 +562,14 @@ class _Plan:
                     for v in flow.variables():
                         key = self.opt._key(flow, v)
                         if v.is_clock:
-                            st[key] = float(S[v.name])
+                            clocks.append((st, key, S[v.name]))
                         elif len(ps) == 1:
                             st[key].copy_(S[v.name])
                         else:
                             st[key].copy_(S[v.name][off:off + n].view_as(p))
                     st["step"] += 1
                     off += n
+        if clocks:
+            values = torch.stack([c.reshape(()) for _, _, c in clocks]).tolist()
+            for (st, key, _), x in zip(clocks, values):
+                st[key] = x
