@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 
 import torch
 from torch import Tensor
@@ -41,6 +42,7 @@ from torch import Tensor
 from . import engine
 from .engine.solve import check_max_steps
 from .flows import FLOWS, Flow, make_flow
+from .flows.rates import Clock
 from .forces import clip_gradients_
 from .validation import backend as check_backend
 from .validation import positive, positive_int
@@ -100,6 +102,8 @@ class FlowOptimizer(torch.optim.Optimizer):
         self.last_nfe = 0
         self._hp_names = tuple(proto.hyperparameters())
         self._flows: dict[int, tuple[dict, Flow]] = {}
+        self._books: dict[int, _Book] = {}  # per param group: the discrete step's bookkeeping
+        self._known: dict[int, tuple[Tensor, int, int]] = {}  # step tensor → its count
         twin_flags = _twin_flags(proto)
         defaults = dict(proto.hyperparameters(), h=positive("h", h),
                         **{k: flags.get(k, v) for k, v in twin_flags.items()})
@@ -142,15 +146,16 @@ class FlowOptimizer(torch.optim.Optimizer):
         if not any(v is not None for v in st.values()):
             st.clear()
             S = flow.init(p, flow.effective_gradient(p, g))
-            st["step"] = torch.tensor(0.0)
+            st["step"] = self._remember(torch.tensor(0.0), 0)
             for v in flow.variables():
                 st[self._key(flow, v)] = float(S[v.name]) if v.is_clock else S[v.name]
-        st.setdefault("step", torch.tensor(1.0))  # torch's SGD keeps no step count
+        if "step" not in st:  # torch's SGD keeps no step count
+            st["step"] = self._remember(torch.tensor(1.0), 1)
         S = {"W": p}
         for v in flow.variables():
             key = self._key(flow, v)
             if st.get(key) is None:  # a variable that starts now (momentum switched on)
-                st[key] = flow.clock_values(int(st["step"]))[v.name] if v.is_clock \
+                st[key] = flow.clock_values(self._count(st))[v.name] if v.is_clock \
                     else v.initial(p, flow.effective_gradient(p, g))
             x = st[key]
             if v.is_clock and isinstance(x, Tensor):  # torch keeps such scalars as tensors
@@ -158,10 +163,23 @@ class FlowOptimizer(torch.optim.Optimizer):
             S[v.name] = torch.tensor(x, dtype=torch.float64) if v.is_clock else x
         return S
 
-    def _store_clocks(self, flow: Flow, st: dict, S: dict) -> None:
-        for v in flow.variables():
-            if v.is_clock:
-                st[self._key(flow, v)] = float(S[v.name])
+    # Step counts. torch keeps ``state["step"]`` as a float32 tensor per parameter (state
+    # dicts stay torch's); the clocks τ = k·h are computed from the count k as a Python
+    # number, which the optimizer knows without reading the tensor back: it remembers the
+    # count of every step tensor it wrote, with the tensor's version counter, and reads a
+    # tensor only when it is new or was changed elsewhere (a loaded state dict).
+    def _remember(self, t: Tensor, k: int) -> Tensor:
+        self._known[id(t)] = (t, t._version, k)
+        return t
+
+    def _count(self, st: dict) -> int:
+        t = st["step"]
+        if not isinstance(t, Tensor):
+            return int(t)
+        known = self._known.get(id(t))
+        if known is not None and known[0] is t and known[1] == t._version:
+            return known[2]
+        return int(t)  # set outside this optimizer: read once
 
     # --- the step -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -186,58 +204,50 @@ class FlowOptimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             flow, h = self.flow_for(group), group["h"]
             params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
             grads = [p.grad for p in params]
             if any(g.is_sparse for g in grads) and not flow.sparse_gradients:
                 raise RuntimeError(f"flow {flow.name!r} has no sparse form: it does not take "
                                    "sparse gradients (torch.optim.SparseAdam does)")
             clip_gradients_(grads, flow.max_grad_norm)
-            if self.backend != "reference" and self._group_step(flow, params, grads, h):
-                continue
-            for p, g in zip(params, grads):
-                S = self._state(flow, p, g)
-                st = self.state[p]
-                if p.is_complex() and flow.complex_as_real:  # as torch does
-                    S = {n: torch.view_as_real(x) if x.is_complex() else x for n, x in S.items()}
-                    g = torch.view_as_real(g)
-                engine.step_(flow, S, g, float(st["step"]) * h, h, backend=self.backend)
-                st["step"] += 1
-                self._store_clocks(flow, st, S)
+            book = self._book(group, flow, params, grads)
+            taus = book.taus(h)
+            if not (self.backend != "reference" and book.real
+                    and not any(g.is_sparse for g in grads)
+                    and flow.fused_group_step_(taus, book.states, grads, h, self.backend)):
+                self._tensor_steps(flow, book, params, grads, taus, h)
+            book.advance()
         return loss
 
-    def _group_step(self, flow: Flow, params: list[Tensor], grads: list[Tensor],
-                    h: float) -> bool:
-        """The group's step as one multi-tensor launch of the flow's fused kernel (real, dense
-        parameters); False when the flow has none for these tensors. The bookkeeping is per
-        group too: variable keys once, states handed over as they are stored (clocks as
-        Python floats), step counts advanced by one foreach add."""
-        if not params or any(p.is_complex() or g.is_sparse for p, g in zip(params, grads)):
-            return False
-        keys = [(v.name, self._key(flow, v), v.is_clock) for v in flow.variables()]
-        states, steps = [], []
-        for p, g in zip(params, grads):
-            st = self.state[p]
-            if "step" not in st:
-                self._state(flow, p, g)
-            S = {"W": p}
-            for name, key, _ in keys:
-                x = st.get(key)
-                if x is None:  # first use: the full path creates or completes the state
-                    self._state(flow, p, g)
-                    S = {"W": p, **{n: st[k] for n, k, _ in keys}}
-                    break
-                S[name] = x
-            states.append(S)
-            steps.append(st["step"])
-        taus = [k * h for k in torch.stack(steps).tolist()]
-        if not flow.fused_group_step_(taus, states, grads, h, self.backend):
-            return False
-        torch._foreach_add_(steps, 1)
-        for p, S in zip(params, states):
-            st = self.state[p]
-            for name, key, is_clock in keys:
-                if is_clock:
-                    st[key] = float(S[name])
-        return True
+    def _tensor_steps(self, flow: Flow, book: _Book, params, grads, taus, h: float) -> None:
+        """The group's step tensor by tensor (``engine.step_``: the flow's fused single-tensor
+        kernel or the partitioned Euler step); clocks that follow a ``Clock`` rate come back
+        as Python numbers from their closed form, any other scalar is read back."""
+        closed = book.closed_clocks(flow)
+        for p, g, tau, k, S0 in zip(params, grads, taus, book.counts, book.states):
+            S = dict(S0)
+            for name, _ in book.clocks:
+                S[name] = torch.tensor(S0[name], dtype=torch.float64)
+            if p.is_complex() and flow.complex_as_real:  # as torch does
+                S = {n: torch.view_as_real(x) if x.is_complex() else x for n, x in S.items()}
+                g = torch.view_as_real(g)
+            engine.step_(flow, S, g, tau, h, backend=self.backend)
+            for name, _ in book.clocks:  # after the step: count k + 1
+                S0[name] = Clock.value(closed[name], k + 1, h) if name in closed \
+                    else float(S[name])
+
+    def _book(self, group: dict, flow: Flow, params: list[Tensor], grads: list[Tensor]
+              ) -> _Book:
+        """The group's bookkeeping (``_Book``), reused while it is valid, else built anew."""
+        book = self._books.get(id(group))
+        if book is not None and book.valid(self, flow, params):
+            return book
+        if book is not None:  # its counts stay known for the tensors it leaves behind
+            book.release(self)
+        book = _Book(self, flow, params, grads)
+        self._books[id(group)] = book
+        return book
 
     def _ode_step(self, closure):
         hs = {g["h"] for g in self.param_groups}
@@ -313,6 +323,8 @@ class FlowOptimizer(torch.optim.Optimizer):
                 for p, i in zip(group["params"], saved.get("params", [])):
                     _check_saved(flow, gi, p, saved_state.get(i, {}))
         super().load_state_dict(rest)
+        self._books.clear()  # the loaded step tensors are read once, at the next step
+        self._known.clear()
         for group in self.param_groups:
             for k, v in self.defaults.items():
                 group.setdefault(k, v)
@@ -322,7 +334,7 @@ class FlowOptimizer(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        self._flows = {}
+        self._flows, self._books, self._known = {}, {}, {}
 
 
 _OWN = ("proto", "flow_name", "method", "backend", "substeps", "rtol", "atol", "max_steps",
@@ -573,3 +585,89 @@ class _Plan:
             values = torch.stack([c.reshape(()) for _, _, c in clocks]).tolist()
             for (st, key, _), x in zip(clocks, values):
                 st[key] = x
+
+
+class _Book:
+    """One param group's discrete-step bookkeeping, kept between steps while it is valid.
+
+    It holds the active parameters' state dicts, the dicts the flow steps ({W, variable:
+    tensor, clock: Python number}, built once), and the step counts k as Python ints. In the
+    torch state the counts are the 0-d views of one float32 buffer (torch's ``state["step"]``
+    tensors, so state dicts stay torch's): a step advances all of them with one add, and
+    nothing is read back. Valid while the optimizer's state, the active parameters, their
+    state tensors and the buffer (its version counter) are the ones it was built from."""
+
+    def __init__(self, opt: FlowOptimizer, flow: Flow, params: list[Tensor],
+                 grads: list[Tensor]):
+        self.state, self.params = opt.state, list(params)
+        self._set_flow(flow)
+        self.sts = [opt.state[p] for p in params]
+        for p, g, st in zip(params, grads, self.sts):
+            if "step" not in st or any(st.get(key) is None for _, key, _ in self.keys):
+                opt._state(flow, p, g)  # created, or completed (a variable that starts now)
+            for _, key, is_clock in self.keys:
+                if is_clock and isinstance(st[key], Tensor):  # torch's scalars: read once
+                    st[key] = st[key].item()
+        self.counts = [opt._count(st) for st in self.sts]
+        for st in self.sts:
+            opt._known.pop(id(st["step"]), None)
+        self.uniform = all(k == self.counts[0] for k in self.counts)
+        self.buf = torch.tensor(self.counts, dtype=torch.float32)
+        self.views = self.buf.unbind(0)
+        for st, t in zip(self.sts, self.views):
+            st["step"] = t
+        self.version = self.buf._version
+        self.states = [{"W": p, **{name: st[key] for name, key, _ in self.keys}}
+                       for p, st in zip(params, self.sts)]
+        self.tensors = self._tensors()
+        self.real = not any(p.is_complex() for p in params)
+
+    def _set_flow(self, flow: Flow) -> None:
+        self.flow, self.closed = flow, None
+        self.keys = tuple((v.name, FlowOptimizer._key(flow, v), v.is_clock)
+                          for v in flow.variables())
+        self.clocks = tuple((name, key) for name, key, is_clock in self.keys if is_clock)
+
+    def _tensors(self) -> list:
+        keys = [key for _, key, is_clock in self.keys if not is_clock]
+        return [st.get(key) for st in self.sts for key in keys]
+
+    def valid(self, opt: FlowOptimizer, flow: Flow, params: list[Tensor]) -> bool:
+        if self.state is not opt.state or self.buf._version != self.version \
+                or len(params) != len(self.params) \
+                or not all(map(operator.is_, params, self.params)):
+            return False
+        if flow is not self.flow:  # new hyperparameters (an LR scheduler): same variables?
+            keys = self.keys
+            self._set_flow(flow)
+            if self.keys != keys:
+                return False
+        return all(map(operator.is_, [st.get("step") for st in self.sts], self.views)) \
+            and all(map(operator.is_, self._tensors(), self.tensors))
+
+    def taus(self, h: float) -> list[float]:
+        """Each tensor's step-clock time τ = k·h."""
+        if self.uniform:
+            return [self.counts[0] * h] * len(self.counts)
+        return [k * h for k in self.counts]
+
+    def closed_clocks(self, flow: Flow) -> dict:
+        """{clock: keep} for the clocks that follow a ``Clock`` rate (``Flow.clock_rates``)."""
+        if self.closed is None:
+            self.closed = flow.clock_rates()
+        return self.closed
+
+    def advance(self) -> None:
+        """Every count k ← k + 1 (one add on the buffer); the clocks into the torch state."""
+        self.buf.add_(1)
+        self.version = self.buf._version
+        self.counts = [k + 1 for k in self.counts]
+        for st, S in zip(self.sts, self.states):
+            for name, key in self.clocks:
+                st[key] = S[name]
+
+    def release(self, opt: FlowOptimizer) -> None:
+        """Leave the counts with the optimizer, for tensors that a next book does not take."""
+        if self.buf._version == self.version:
+            for t, k in zip(self.views, self.counts):
+                opt._remember(t, k)

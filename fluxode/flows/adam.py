@@ -22,8 +22,11 @@ Capabilities (``fluxode.flows.capabilities``):
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .. import validation as check
@@ -33,12 +36,16 @@ from .modified import ModifiedAdam, SignFlow
 from .rates import Clock, Linear, Term, Toward
 
 
-def moment_rates(betas, tau, g):
+def moment_rates(betas, tau, g, stepped: dict | None = None):
     """ṁ = (1-β₁)(g - m), v̇ = (1-β₂)(g² - v) and their clocks, in torch's operations
-    (``m.lerp_(g, 1-β₁)``, ``v.mul_(β₂).addcmul_(g, g, value=1-β₂)``, ``1 - βᵏ``)."""
+    (``m.lerp_(g, 1-β₁)``, ``v.mul_(β₂).addcmul_(g, g, value=1-β₂)``, ``1 - βᵏ``).
+    ``stepped``: a dict that receives the clocks' new values {"c1": …, "c2": …} as Python
+    numbers when a discrete step advances them (``rates.Clock.report``)."""
     b1, b2 = betas
+    report = (lambda name: None) if stepped is None else \
+        (lambda name: functools.partial(stepped.__setitem__, name))
     return (Toward(1 - b1, g), Linear((Term(1 - b2, g, g, "mul"),), decay=1 - b2, keep=b2),
-            Clock(b1, tau), Clock(b2, tau))
+            Clock(b1, tau, report("c1")), Clock(b2, tau, report("c2")))
 
 
 class Adam(Flow):
@@ -68,13 +75,21 @@ class Adam(Flow):
         self.vectors = ("m", "v", "vmax") if self.amsgrad else ("m", "v")
 
     def moment_floor(self, S) -> Tensor | None:
-        """The bound v ≥ (1-β₂)/(1-β₁)·m²/c₁ of the exact flow (β₁ ≤ β₂, c₁ > 0).
+        """The bound v ≥ (1-β₂)/(1-β₁)·m²/c₁ of the exact flow (β₁ ≤ β₂, c₁ > 0; 0 at c₁ = 0).
 
         With wᵢ(s) = (1-βᵢ)e^{-(1-βᵢ)(τ-s)}: m = ∫w₁g, v = ∫w₂g², c₁ = ∫w₁, and Cauchy–Schwarz
-        with w₁/w₂ ≤ (1-β₁)/(1-β₂) gives m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂)."""
+        with w₁/w₂ ≤ (1-β₁)/(1-β₂) gives m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂). A tensor c₁
+        is not read back to the host: the factor is chosen on the device."""
         b1, b2 = self.betas
-        c1 = float(S["c1"])
-        if b1 > b2 or c1 <= 0:
+        if b1 > b2:
+            return None
+        c1 = S["c1"]
+        if isinstance(c1, Tensor):
+            on = c1 > 0
+            floor = S["m"].square().mul_((1 - b2) / ((1 - b1) * torch.where(on, c1.double(), 1.0)))
+            return torch.where(on, floor, 0.0)  # exactly 0 at c₁ = 0, also where m is NaN
+        c1 = float(c1)
+        if c1 <= 0:
             return None
         return S["m"].square().mul_((1 - b2) / ((1 - b1) * c1))
 
@@ -84,24 +99,35 @@ class Adam(Flow):
         return self._raise_to(S, {n: floor for n in self.vectors if n != "m"})
 
     def blocks(self):
+        stepped: dict = {}  # a discrete step's new clock values, reported by their Clock rates
+
         def moments(tau, S, g):
-            return moment_rates(self.betas, tau, g)
+            return moment_rates(self.betas, tau, g, stepped)
 
         def position(tau, S, g):
             eta = self.eta(tau)
             decay = eta * self.weight_decay if self.decoupled_decay else 0.0
-            keep = 1 - decay
-            bc1, bc2 = float(S["c1"]), float(S["c2"])
-            if bc1 == 0 or bc2 == 0:  # τ = 0 in the continuous flow: m/c₁ → g, v/c₂ → g²
-                return (Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), decay, keep),)
-            v = S["vmax"] if self.amsgrad else S["v"]
-            denom = (v.sqrt() / bc2 ** 0.5).add_(self.eps)
-            return (Linear((Term(-(eta / bc1), S["m"], denom, "div"),), decay, keep),)
+            if stepped:  # the discrete step just advanced the clocks: 1 - βᵢᵏ, Python numbers
+                return (self._position(eta, S, g, stepped["c1"], stepped["c2"], decay),)
+            if isinstance(S["c1"], Tensor):  # the field on device clocks: no host read
+                return (_BiasCorrected(self, eta, S, g, decay),)
+            return (self._position(eta, S, g, float(S["c1"]), float(S["c2"]), decay),)
 
         out = [Block(("m", "v", "c1", "c2"), moments)]
         if self.amsgrad:
             out.append(Envelope("vmax", "v"))
         return out + [Block(("W",), position)]
+
+    def _position(self, eta, S, g, bc1, bc2, decay):
+        """Ẇ = -η·(m/c₁)/(√v̂/√c₂ + ε) - decay·W for clocks given as numbers, in torch's
+        operations (``p.addcdiv_(m, denom, value=-lr/bc1)``); at c = 0 (τ = 0 of the
+        continuous flow) the limits m/c₁ → g, v/c₂ → g²."""
+        keep = 1 - decay
+        if bc1 == 0 or bc2 == 0:
+            return Linear((Term(-eta, g, g.abs().add_(self.eps), "div"),), decay, keep)
+        v = S["vmax"] if self.amsgrad else S["v"]
+        denom = (v.sqrt() / bc2 ** 0.5).add_(self.eps)
+        return Linear((Term(-(eta / bc1), S["m"], denom, "div"),), decay, keep)
 
     def equations(self):
         b1, b2 = self.betas
@@ -238,12 +264,12 @@ class Adam(Flow):
                             backend):
             return False
         _, _, _, dc1, dc2 = kernels.adam_field(
-            S["W"], S["m"], S["v"], float(S["c1"]), float(S["c2"]), g, lr=self.eta(tau),
+            S["W"], S["m"], S["v"], S["c1"], S["c2"], g, lr=self.eta(tau),
             betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
             decoupled=self.decoupled_decay, maximize=self.maximize,
             out=(out["W"], out["m"], out["v"]), backend=backend)
-        out["c1"].fill_(dc1)
-        out["c2"].fill_(dc2)
+        out["c1"].copy_(dc1) if isinstance(dc1, Tensor) else out["c1"].fill_(dc1)
+        out["c2"].copy_(dc2) if isinstance(dc2, Tensor) else out["c2"].fill_(dc2)
         return True
 
     def hyperparameters(self):
@@ -271,3 +297,35 @@ class AdamW(Adam):
     summary = "AdamW: Adam with decoupled weight decay (torch.optim.AdamW)"
     torch_twin = "AdamW"
     decoupled_decay = True
+
+
+@dataclass(frozen=True)
+class _BiasCorrected:
+    """Adam's Ẇ = -η·(m/c₁)/(√(v̂/c₂) + ε) - decay·W with the clocks c₁, c₂ as 0-d tensors.
+
+    ``rate`` (the continuous field) keeps them on the device: the limits m/c₁ → g and
+    √(v̂/c₂) → |g| at c = 0 are selected by ``torch.where``, not by a host branch. ``euler_``
+    (a discrete step whose clocks did not report their values, e.g. a rescaled flow) reads
+    them and takes the number form (``Adam._position``)."""
+
+    flow: Adam
+    eta: float
+    S: dict
+    g: Tensor
+    decay: float
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        S, f = self.S, self.flow
+        c1, c2 = S["c1"].double(), S["c2"].double()
+        on = (c1 > 0) & (c2 > 0)  # off only at τ = 0 of the flow (c₁ = c₂ = 0)
+        m = torch.where(on, S["m"], self.g)
+        coef = -self.eta / torch.where(on, c1, 1.0)
+        v = S["vmax"] if f.amsgrad else S["v"]
+        root = torch.where(on, v.sqrt().div_(torch.where(on, c2, 1.0).sqrt()), self.g.abs())
+        return Linear((Term(coef, m, root.add_(f.eps), "div"),), self.decay,
+                      1 - self.decay).rate(x, out)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        S = self.S
+        self.flow._position(self.eta, S, self.g, float(S["c1"]), float(S["c2"]),
+                            self.decay).euler_(x, h)

@@ -182,6 +182,14 @@ class Flow(Capabilities):
         completed. Found by asking the flow's own blocks for their ``Clock`` rates."""
         from .rates import Clock
 
+        return {n: Clock.value(keep, step) for n, keep in self.clock_rates().items()}
+
+    def clock_rates(self) -> dict[str, float]:
+        """{clock: κ} for the scalar clocks that follow a ``Clock`` rate ċ = (1-κ)(1-c): after
+        k Euler steps of size h such a clock is ``Clock.value(κ, k, h)``, a Python number
+        (the optimizer keeps it without reading the state back)."""
+        from .rates import Clock
+
         clocks = {v.name for v in self.variables() if v.is_clock}
         if not clocks:
             return {}
@@ -193,7 +201,7 @@ class Flow(Capabilities):
                 continue
             for name, rate in zip(block.names, block.field(0.0, S, W)):
                 if isinstance(rate, Clock):
-                    out[name] = 1.0 - rate.keep ** float(step)
+                    out[name] = rate.keep
         return out
 
     def init(self, W: Tensor, g0: Tensor | None = None) -> State:
@@ -232,12 +240,10 @@ class Flow(Capabilities):
 
     @staticmethod
     def _raise_to(S: State, floors: dict[str, Tensor | float]) -> State:
-        """S with S[name] ≥ floor elementwise, copying only when something is below."""
-        low = {n: f for n, f in floors.items() if bool((S[n] < f).any())}
-        if not low:
-            return S
+        """S with S[name] ← max(S[name], floor) elementwise (NaN propagates): a copy, with no
+        data-dependent branch, so the field never reads a value back to the host."""
         S = dict(S)
-        for n, f in low.items():
+        for n, f in floors.items():
             S[n] = torch.clamp(S[n], min=f) if not isinstance(f, Tensor) else torch.maximum(S[n], f)
         return S
 

@@ -20,7 +20,8 @@ so at h = 1 the step *is* torch's ``buf.mul_(μ).add_(g, alpha=1-d)``, ``exp_avg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -128,19 +129,31 @@ class Clock:
     Its Euler iterates are known in closed form, c_k = 1 - κ_hᵏ with κ_h = 1 - h(1 - keep),
     so the step from τ to τ + h evaluates that power (as torch does with ``1 - β**step``)
     rather than accumulating k roundings. It assumes c holds the Euler iterate at τ, which is
-    true whenever the clock started at 0 at τ = 0 and only this scheme advanced it."""
+    true whenever the clock started at 0 at τ = 0 and only this scheme advanced it.
+
+    ``report``, if given, receives the new value (a Python number) when ``euler_`` runs: a
+    later block of the same partitioned step then uses the clock without reading it back
+    from the device (Adam's bias corrections)."""
 
     keep: float
     tau: float
+    report: Callable[[float], None] | None = field(default=None, compare=False, repr=False)
+
+    @staticmethod
+    def value(keep: float, k: int, h: float = 1.0) -> float:
+        """c_k = 1 - κ_hᵏ, the clock after k Euler steps of size h from c = 0 (κ_1 = keep)."""
+        kappa = keep if h == 1.0 else 1.0 - h * (1.0 - keep)
+        return 1 - kappa ** float(k)
 
     def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         r = (1 - x) * (1 - self.keep)
         return r if out is None else out.copy_(r)
 
     def euler_(self, x: Tensor, h: float) -> None:
-        kappa = self.keep if h == 1.0 else 1.0 - h * (1.0 - self.keep)
-        k = round((float(self.tau) + h) / h)
-        x.fill_(1 - kappa ** float(k))
+        c = Clock.value(self.keep, round((float(self.tau) + h) / h), h)
+        x.fill_(c)
+        if self.report is not None:
+            self.report(c)
 
 
 @dataclass(frozen=True)

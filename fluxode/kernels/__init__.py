@@ -165,22 +165,26 @@ def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: tor
         dc1 = (1-b1)(1 - c1)   dc2 = (1-b2)(1 - c2)
         dW = -lr [ (m/c1) / (sqrt(v/c2) + eps) + wd W ]   (decoupled; Adam: g <- g + wd W)
 
-    with m/c1 -> g and v/c2 -> g^2 at c1 = c2 = 0 (tau = 0). ``c1``, ``c2`` are scalars
-    (floats or one-element tensors; dc1, dc2 come back as floats). dW, dm, dv are in the
-    state dtype (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
+    with m/c1 -> g and v/c2 -> g^2 at c1 = c2 = 0 (tau = 0). ``c1``, ``c2`` are scalars:
+    floats (checked to lie in [0, 1]; dc1, dc2 come back as floats) or one-element tensors,
+    which the CPU path keeps on the device (no host read; dc1, dc2 come back as 0-d
+    tensors) and the Triton kernel reads as numbers. dW, dm, dv are in the state dtype
+    (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
     """
     b1, b2 = check.betas(tuple(betas))
     lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
     wd = check.at_least("weight_decay", weight_decay, 0.0)
-    c1, c2 = as_scalar("c1", c1), as_scalar("c2", c2)
+    impl = _impl(W, backend)
+    on_device = impl.adam_field is reference.adam_field  # takes 0-d tensor clocks as they are
+    c1, c2 = as_scalar("c1", c1, on_device), as_scalar("c2", c2, on_device)
     check_buffers(W, [("m", m), ("v", v), ("g", g)])
     if out is not None:
         if len(out) != 3:
             raise ValueError("out must be a triple (dW, dm, dv) of buffers like m")
         check_buffers(W, [("out[0]", out[0]), ("out[1]", out[1]), ("out[2]", out[2])])
-    return _impl(W, backend).adam_field(W, m, v, c1, c2, g, lr=lr, beta1=b1, beta2=b2, eps=eps,
-                                        weight_decay=wd, decoupled=bool(decoupled),
-                                        maximize=bool(maximize), out=out)
+    return impl.adam_field(W, m, v, c1, c2, g, lr=lr, beta1=b1, beta2=b2, eps=eps,
+                           weight_decay=wd, decoupled=bool(decoupled), maximize=bool(maximize),
+                           out=out)
 
 
 def _group_parts(Ws, parts, backend: str):

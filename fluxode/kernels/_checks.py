@@ -144,12 +144,16 @@ def check_step(step: Any) -> int:
     return int(step)
 
 
-def as_scalar(name: str, c: Any) -> float:
-    """A scalar state (c1, c2) given as a float or a one-element tensor."""
+def as_scalar(name: str, c: Any, keep_tensor: bool = False) -> Any:
+    """A scalar state (c1, c2) given as a float or a one-element tensor: a float, or with
+    ``keep_tensor`` the tensor itself as a 0-d tensor (its range is then not checked: that
+    would read it back from the device)."""
     if isinstance(c, torch.Tensor):
         if c.numel() != 1:
             raise ValueError(f"{name} must be a scalar (float or one-element tensor); "
                              f"got shape {tuple(c.shape)}")
+        if keep_tensor:
+            return c.reshape(())
         c = c.item()
     c = float(c)
     if not (0.0 <= c <= 1.0):

@@ -33,7 +33,10 @@ def _master(w: torch.Tensor) -> torch.Tensor:
     return w.float() if w.dtype in LOW else w
 
 
-def _clock(x: float) -> torch.Tensor:
+def _clock(x) -> torch.Tensor:
+    """A clock as a 0-d float64 tensor (a tensor stays on its device)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(torch.float64)
     return torch.tensor(x, dtype=torch.float64)
 
 
@@ -94,7 +97,8 @@ def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2:
                weight_decay: float, decoupled: bool, maximize: bool,
                out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, Any]:
-    """(dW, dm, dv, dc1, dc2) of the Adam/AdamW step-clock field; dW is in the state dtype."""
+    """(dW, dm, dv, dc1, dc2) of the Adam/AdamW step-clock field; dW is in the state dtype;
+    dc1, dc2 are floats for float clocks, 0-d float64 tensors for tensor clocks."""
     flow = _adam_flow(lr, beta1, beta2, eps, weight_decay, decoupled, False, maximize)
     d = field(flow, 0.0, {"W": w, "m": m, "v": v, "c1": _clock(c1), "c2": _clock(c2)}, g)
     dw, dm, dv = d["W"], d["m"], d["v"]
@@ -102,6 +106,8 @@ def adam_field(w: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1: float, c2:
         for o, r in zip(out, (dw, dm, dv)):
             o.copy_(r)
         dw, dm, dv = out
+    if isinstance(c1, torch.Tensor):
+        return dw, dm, dv, d["c1"], d["c2"]
     return dw, dm, dv, float(d["c1"]), float(d["c2"])
 
 
