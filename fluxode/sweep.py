@@ -12,17 +12,29 @@ value=c)`` ≡ ``x.addcmul_(c·a, b)``, …), so the discrete sweep equals the p
 ``run_discrete`` bit for bit (checked in the tests); the continuous sweep integrates one ODE of
 shape (P, size) with torchdiffeq.
 
+Per-row clocks and steps: a flow's scalar clocks (Adam's c₁ = 1 - β₁ᵏ, c₂) hold one value
+per row: in the discrete sweep a Column advanced by the per-point ``Clock`` arithmetic, in the
+continuous sweep a (P, 1) column of the ODE state (one number while the rows agree). So points
+with different betas share one batch. A grid over the step size h (``grid={"h": [...]}``)
+runs row j as ``run_discrete(discrete_flow(flow_j, h_j), …)``: h and τ = k·h_j are Columns,
+η(τ) is each point's own, each row takes its own number of steps (⌊T/h_j⌋, or ``steps``) and
+is frozen once it has taken them; the result's ``times`` are then per row, (P, K).
+
 Limits of the design (the flows read some values as Python scalars):
-- Branches on a hyperparameter (``if momentum``, ``amsgrad``) must agree across the points.
-- Clocks are scalars shared by a batch: points whose clocks run at different rates (Adam with
-  different betas) are split into groups with equal clock rates, one batch each.
+- Branches on a hyperparameter (``if momentum``, ``amsgrad``, Adam's β₁ > β₂ test in the
+  continuous field) must agree across the points, and so must a value a flow reads as one
+  number (NAdam's momentum schedule at τ = k·h_j under an h sweep; a clock that Adamax or
+  RAdam read as a float, under a betas sweep). Otherwise ``NotUniform`` says which: sweep
+  that hyperparameter in separate calls.
 - The continuous sweep with an adaptive method controls the error of all points together
   (max over points of each point's RMS norm): same tolerance, different steps than per point.
 """
 
 from __future__ import annotations
 
+import array
 import copy
+import functools
 import itertools
 import math
 import operator
@@ -35,7 +47,7 @@ from torch import Tensor
 from . import engine
 from .discretize import run_discrete, vector_field
 from .flows import Envelope, Flow, make_flow
-from .flows.rates import Clock, Exact, Linear, Toward
+from .flows.rates import Clock, Exact, Linear, Term, Toward
 from .problems import Problem, make_problem
 
 
@@ -49,7 +61,14 @@ class Column:
     __slots__ = ("values",)
 
     def __init__(self, values):
-        self.values = tuple(float(v) for v in values)
+        self.values = tuple(map(float, values))
+
+    @classmethod
+    def _of(cls, values) -> Column:
+        """A Column of values that are already floats (the results of float arithmetic)."""
+        c = object.__new__(cls)
+        c.values = tuple(values)
+        return c
 
     def __len__(self):
         return len(self.values)
@@ -60,14 +79,14 @@ class Column:
     # arithmetic: elementwise in Python floats (bitwise the per-point values)
     def _map(self, other, op):
         if isinstance(other, Column):
-            return Column(op(a, b) for a, b in zip(self.values, other.values))
+            return Column._of(map(op, self.values, other.values))
         if isinstance(other, (int, float)):
-            return Column(op(a, other) for a in self.values)
+            return Column._of(map(op, self.values, itertools.repeat(other)))
         return NotImplemented
 
     def _rmap(self, other, op):
         if isinstance(other, (int, float)):
-            return Column(op(other, a) for a in self.values)
+            return Column._of(map(op, itertools.repeat(other), self.values))
         return NotImplemented
 
     def __add__(self, o): return self._map(o, operator.add)
@@ -80,8 +99,8 @@ class Column:
     def __rtruediv__(self, o): return self._rmap(o, operator.truediv)
     def __pow__(self, o): return self._map(o, operator.pow)
     def __rpow__(self, o): return self._rmap(o, operator.pow)
-    def __neg__(self): return Column(-a for a in self.values)
-    def __abs__(self): return Column(abs(a) for a in self.values)
+    def __neg__(self): return Column._of(map(operator.neg, self.values))
+    def __abs__(self): return Column._of(map(abs, self.values))
 
     # branches: allowed only where every point takes the same one
     def _uniform(self, truths, what):
@@ -93,9 +112,8 @@ class Column:
 
     def _cmp(self, other, op):
         if isinstance(other, Column):
-            return self._uniform((op(a, b) for a, b in zip(self.values, other.values)),
-                                 op.__name__)
-        return self._uniform((op(a, other) for a in self.values), op.__name__)
+            return self._uniform(map(op, self.values, other.values), op.__name__)
+        return self._uniform(map(op, self.values, itertools.repeat(other)), op.__name__)
 
     def __eq__(self, o): return self._cmp(o, operator.eq)
     def __ne__(self, o): return self._cmp(o, operator.ne)
@@ -111,7 +129,8 @@ class Column:
 
     # tensors: a (P, 1) column broadcast along the rows
     def tensor(self, like: Tensor) -> Tensor:
-        return torch.tensor(self.values, dtype=like.dtype, device=like.device).unsqueeze(1)
+        t = torch.frombuffer(array.array("d", self.values), dtype=torch.float64)
+        return t.to(dtype=like.dtype, device=like.device).unsqueeze(1)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -168,29 +187,58 @@ def batched_flow(flows: list[Flow]) -> Flow:
     return bf
 
 
-def clock_rates(flow: Flow) -> tuple:
-    """The flow's clock rates (the keeps of its ``Clock`` expressions), probed at τ = 0 on a
-    one-parameter state: points with equal clock rates share their clocks in a batch."""
-    if not flow.clocks:
-        return ()
-    W = torch.zeros(1, dtype=torch.float64)
-    g = torch.ones(1, dtype=torch.float64)
-    S = flow.init(W, flow.effective_gradient(W, g))
-    out = []
-    for block in flow.blocks():
-        if isinstance(block, Envelope) or not set(block.names) & set(flow.clocks):
-            continue
-        for name, rate in zip(block.names, block.field(0.0, S, g)):
-            if isinstance(rate, Clock):
-                out.append((name, rate.keep))
-    return tuple(out)
+def _at_step(h, unit, general):
+    """A step's coefficient as the per-point rates write it: ``unit`` (torch's own value) where
+    h = 1, else ``general(h)``; per row for a Column h (``general`` in Column arithmetic)."""
+    if not isinstance(h, Column):
+        return unit if h == 1.0 else general(h)
+    ones = tuple(map(operator.eq, h.values, itertools.repeat(1.0)))
+    if not any(ones):
+        return general(h)
+    if all(ones):
+        return unit
+    g = general(h).values
+    u = unit.values if isinstance(unit, Column) else itertools.repeat(unit)
+    return Column([a if one else b for one, a, b in zip(ones, u, g)])
 
 
-def _groups(flows: list[Flow]) -> list[list[int]]:
-    keys: dict = {}
-    for i, f in enumerate(flows):
-        keys.setdefault(clock_rates(f), []).append(i)
-    return list(keys.values())
+def _rows(fn, *args):
+    """``fn`` per point on the row values of ``args`` (Columns or plain values): a Column, or
+    ``fn(*args)`` itself when no argument is a Column."""
+    if not any(isinstance(a, Column) for a in args):
+        return fn(*args)
+    return Column(itertools.starmap(fn, zip(*(a.values if isinstance(a, Column)
+                                              else itertools.repeat(a) for a in args))))
+
+
+class _Cell:
+    """Receives a clock's new value: ``Clock.euler_(cell, h)`` runs the per-point arithmetic."""
+
+    __slots__ = ("value",)
+
+    def fill_(self, value):
+        self.value = value
+
+
+@functools.lru_cache(maxsize=4096)  # rows that share (β, τ, h) share the value
+def _clock_value(keep, tau, h):
+    cell = _Cell()
+    Clock(keep, tau).euler_(cell, h)
+    return cell.value
+
+
+def _per_row_eta(bf: Flow, flows: list[Flow]) -> Flow:
+    """``bf`` with η(τ) taken from each point's own flow at its own τ (τ a Column under an h
+    sweep): η_j = flows[j].eta(τ_j), schedules and step-count decays included."""
+    proto_eta = bf.eta
+
+    def eta(tau):
+        if not isinstance(tau, Column):
+            return proto_eta(tau)
+        return Column(f.eta(t) for f, t in zip(flows, tau.values))
+
+    bf.eta = eta
+    return bf
 
 
 # --- batched oracle ------------------------------------------------------------------------------
@@ -217,25 +265,44 @@ def clip_rows_(G: Tensor, max_norm) -> None:
 
 
 # --- the batched discrete map --------------------------------------------------------------------
-def _euler_(rate, x: Tensor, h: float) -> None:
-    """``rate.euler_(x, h)`` with Column coefficients as (P, 1) tensors, same operations."""
+def _euler_(rate, x, h):
+    """``rate.euler_(x, h)`` with Column coefficients (and a Column h: one step per row) as
+    (P, 1) tensors, same operations per row; returns x, or a clock's new Column."""
+    if isinstance(rate, Clock):  # x: the clock's Column (``_clock_columns``)
+        if not (isinstance(h, Column) or isinstance(rate.tau, Column)):
+            cell = _Cell()
+            rate.euler_(cell, h)  # the per-point arithmetic (Column keep: Column arithmetic)
+            c = cell.value
+            return c if isinstance(c, Column) else Column([c] * len(x))
+        c = _rows(_clock_value, rate.keep, rate.tau, h)  # one clock per row
+        report = getattr(rate, "report", None)  # a later block may use the new value
+        if report is not None:
+            report(c)
+        return c
     if isinstance(rate, Exact):
-        if h == rate.step:
-            x.copy_(rate.value)
-        else:
-            _euler_(rate.inner, x, h)
-        return
-    if isinstance(rate, Linear) and _has_column(rate.decay, rate.keep,
+        at = _rows(lambda hj: hj == rate.step, h)
+        if not isinstance(at, Column):
+            return x.copy_(rate.value) if at else _euler_(rate.inner, x, h)
+        if all(at.values) or not any(at.values):
+            return x.copy_(rate.value) if all(at.values) else _euler_(rate.inner, x, h)
+        _euler_(rate.inner, x, h)  # rows whose h is the exact step take the exact value
+        rows = torch.tensor(at.values, dtype=torch.bool, device=x.device)
+        x[rows] = rate.value[rows]
+        return x
+    if isinstance(rate, Linear) and _has_column(rate.decay, rate.keep, h,
                                                 *(t.coef for t in rate.terms)):
-        factor = rate.keep if h == 1.0 and rate.keep is not None else 1.0 - h * rate.decay
+        def general(hh, decay=rate.decay):
+            return 1.0 - hh * decay
+
+        factor = _at_step(h, general(1.0) if rate.keep is None else rate.keep, general)
         if isinstance(factor, Column):
             x.mul_(factor.tensor(x))  # a factor of 1.0 is exact
         elif factor != 1.0:
             x.mul_(factor)
         for t in rate.terms:
-            c = t.coef if h == 1.0 else h * t.coef
+            c = _at_step(h, t.coef, lambda hh, coef=t.coef: hh * coef)
             if not isinstance(c, Column):
-                Linear((t,)).euler_(x, h)  # the per-point operation itself
+                Linear((Term(c, t.a, t.b, t.op),)).euler_(x, 1.0)  # the per-point operation
             elif t.op == "mul":
                 x.addcmul_(c.tensor(x) * t.a, t.b)         # x + (c·a)·b
             elif t.op == "div":
@@ -244,15 +311,17 @@ def _euler_(rate, x: Tensor, h: float) -> None:
                 x.addcmul_(t.a, c.tensor(x))               # x.add_(a, alpha=c)
             else:
                 x.add_((c * t.a).tensor(x))
-    elif isinstance(rate, Toward) and _has_column(rate.rate_, rate.target):
-        w = rate.rate_ if h == 1.0 else h * rate.rate_
+    elif isinstance(rate, Toward) and _has_column(rate.rate_, rate.target, h):
+        w = _at_step(h, rate.rate_, lambda hh: hh * rate.rate_)
         target = rate.target.tensor(x).expand_as(x) if isinstance(rate.target, Column) \
             else rate.target if isinstance(rate.target, Tensor) else torch.full_like(x, rate.target)
         x.lerp_(target, w.tensor(x) if isinstance(w, Column) else w)
-    elif isinstance(rate, Clock) and _has_column(rate.keep):  # pragma: no cover - grouped away
-        raise NotUniform("clocks with per-point rates cannot share a batch")
     else:
+        if isinstance(h, Column):
+            raise NotUniform(f"a {type(rate).__name__} rate has no per-row step: sweep h in "
+                             "separate calls for this flow")
         rate.euler_(x, h)
+    return x
 
 
 def _clip_rows(grads: list[Tensor], max_norm) -> None:
@@ -268,7 +337,7 @@ def _euler_step_(flow: Flow, S: dict, g: Tensor, tau: float, h: float, H=None) -
             torch.maximum(S[block.name], S[block.source], out=S[block.name])
             continue
         for name, rate in zip(block.names, block.field(tau, S, ge)):
-            _euler_(rate, S[name], h)
+            S[name] = _euler_(rate, S[name], h)
 
 
 @dataclass
@@ -278,7 +347,7 @@ class SweepResult:
     flow: str
     problem: str
     points: list[dict]
-    times: Tensor                   # (K,) step-clock times
+    times: Tensor                   # (K,) step-clock times; (P, K) per row under an h sweep
     W: Tensor                       # (P, K, n) trajectories
     final_loss: Tensor              # (P,)
     final_error: Tensor | None      # (P,) ‖W(T) - W*‖ when the problem knows W*
@@ -291,18 +360,78 @@ class SweepResult:
                 for d in self.stats.get("diverged", [])]
 
 
-def _setup(flow_name, problem, grid, fixed):
+def _setup(flow_name, problem, grid, fixed, discrete: bool = False):
+    """(problem, points, flows, hs): one validated flow per point; under a grid over the step
+    size h (``discrete``), point j's flow is ``discrete_flow(flow_j, h_j)`` and hs its h."""
     problem = make_problem(problem) if isinstance(problem, str) else problem
     points = grid_points(grid)
     for p in points:
         clash = set(p) & set(fixed)
         if clash:
             raise ValueError(f"{sorted(clash)} given both in grid and as fixed hyperparameters")
-    flows = [make_flow(flow_name, **fixed, **p) for p in points]
+    hs = None
+    if "h" in grid:
+        if not discrete:
+            raise ValueError("h is the step size of the discrete map: sweep it with "
+                             "sweep_discrete (the continuous flow has no h)")
+        from .paths import discrete_flow
+
+        hs = [p["h"] for p in points]
+        flows = [discrete_flow(make_flow(flow_name, **fixed,
+                                         **{k: v for k, v in p.items() if k != "h"}), p["h"])
+                 for p in points]
+    else:
+        flows = [make_flow(flow_name, **fixed, **p) for p in points]
     if flows[0].needs_hessian:
         raise ValueError(f"flow {flow_name!r} needs a Hessian: batched sweeps support "
                          "first-order flows")
-    return problem, points, flows
+    return problem, points, flows, hs
+
+
+def _steps_per_row(steps, T, hs: list[float]) -> list[int]:
+    """Each row's step count: ``steps`` for all, or ⌊T/h_j⌋ (to 1e-9 of a step)."""
+    if (steps is None) == (T is None):
+        raise ValueError("give steps (every row's number of steps) or T (the horizon on the "
+                         "step clock: row j takes ⌊T/h_j⌋ steps), exactly one of them")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be an integer in [0, inf), got {steps!r}")
+        return [steps] * len(hs)
+    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T < 0:
+        raise ValueError(f"T must be in [0, inf), got {T!r}")
+    return [math.floor(T / hj + 1e-9) for hj in hs]
+
+
+def _clock_columns(flow: Flow, S: dict, P: int) -> dict:
+    """S with each scalar clock as a Column of P per-row values (all its start value)."""
+    for v in flow.variables():
+        if v.is_clock:
+            S[v.name] = Column([float(S[v.name])] * P)
+    return S
+
+
+def _frozen_after(counts: list[int]):
+    """``_euler_step_`` where row j takes ``counts[j]`` steps: after that its state is kept
+    (restored after each batched step), so it holds its last iterate."""
+    taken = [0]
+
+    def stepper(flow, S, g, tau, h, H=None):
+        k, taken[0] = taken[0], taken[0] + 1
+        done = [j for j, n in enumerate(counts) if n <= k]
+        if not done:
+            return _euler_step_(flow, S, g, tau, h, H)
+        P, frozen = len(counts), set(done)
+        idx = torch.tensor(done, device=S["W"].device)
+        kept = {n: x.index_select(0, idx) for n, x in S.items()
+                if isinstance(x, Tensor) and x.dim() and x.shape[0] == P}
+        clocks = {n: x for n, x in S.items() if isinstance(x, Column)}
+        _euler_step_(flow, S, g, tau, h, H)
+        for n, x in kept.items():
+            S[n].index_copy_(0, idx, x)
+        for n, old in clocks.items():
+            S[n] = Column(old.values[j] if j in frozen else S[n].values[j] for j in range(P))
+
+    return stepper
 
 
 def _start(problem: Problem, W0) -> Tensor:
@@ -330,52 +459,72 @@ def _batched(fn):
             raise
         raise ValueError(f"a swept hyperparameter reaches an operation that needs one number "
                          f"({err}); sweep it in separate calls") from None
+    except RuntimeError as err:
+        if "converted to Scalar" not in str(err):
+            raise
+        raise NotUniform(f"the flow reads a per-row clock as one number ({err}): sweep the "
+                         "hyperparameters its clock rates depend on in separate calls") from None
 
 
-def sweep_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1.0,
-                   W0: Tensor | None = None, every: int = 1, **fixed) -> SweepResult:
+def sweep_discrete(flow_name: str, problem, grid: dict, steps: int | None = None,
+                   h: float | None = None, W0: Tensor | None = None, every: int = 1,
+                   T: float | None = None, **fixed) -> SweepResult:
     """The partitioned Euler map (h = 1: torch.optim) at every grid point, batched. Equal, bit
     for bit, to ``run_discrete(make_flow(flow_name, **fixed, **point), problem.grad, W0, steps,
-    h)`` per point (when the batched gradient is)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an integer in [0, inf), got {steps!r}")
+    h)`` per point (when the batched gradient is).
+
+    Give ``steps`` (every row's count) or the horizon ``T`` (⌊T/h⌋ steps). With ``"h"`` in the
+    grid, row j is ``run_discrete(discrete_flow(flow_j, h_j), …)``, h_j ∈ (0, 1], and takes its
+    own ``steps`` or ⌊T/h_j⌋ steps; the batch runs the most any row takes, a row that is done
+    keeps its last iterate, and ``times`` is (P, K): row j's entry k is min(k·every,
+    n_j)·h_j, so ``W[:, -1]`` is every row's last iterate."""
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer in [1, inf), got {every!r}")
+    problem, points, flows, hs = _setup(flow_name, problem, grid, fixed, discrete=True)
+    if h is not None and hs is not None:
+        raise ValueError("h given both in grid and as the step size")
+    h = 1.0 if h is None else h
     if not (isinstance(h, (int, float)) and math.isfinite(h) and h > 0):
         raise ValueError(f"h must be in (0, inf), got {h!r}")
-    problem, points, flows = _setup(flow_name, problem, grid, fixed)
+    counts = _steps_per_row(steps, T, hs or [h] * len(points))
+    K = max(counts)
     W0 = _start(problem, W0)
     from .integrate import MAX_SAVED_BYTES, BudgetError
 
-    saved = steps // every + 1 + (steps % every != 0)
+    saved = K // every + 1 + (K % every != 0)
     nbytes = len(points) * saved * W0.numel() * W0.element_size()
     if nbytes > MAX_SAVED_BYTES:
         raise BudgetError(f"{len(points)} points × {saved} saved steps of {W0.numel()} numbers "
                           f"need {nbytes / 2**30:.3g} GiB, over the {MAX_SAVED_BYTES / 2**30:g} "
                           "GiB budget: lower steps, raise every, or sweep fewer points")
     oracle = engine.Oracle(batched_grad(problem))
-    keep = [k for k in range(0, steps + 1, every)] + ([steps] if steps % every else [])
-    W = torch.empty(len(points), len(keep), W0.numel(), dtype=W0.dtype, device=W0.device)
+    keep = [k for k in range(0, K + 1, every)] + ([K] if K % every else [])
+    P = len(points)
     start = time.perf_counter()
-    groups = _groups(flows)
-    for rows in groups:
-        flow = batched_flow([flows[i] for i in rows])
+    flow = batched_flow(flows)
+    if hs is not None:
+        flow, h = _per_row_eta(flow, flows), Column(hs)
+    stepper = _euler_step_ if min(counts) == K else _frozen_after(counts)
 
-        def run(rows=rows, flow=flow):
-            Wb = W0.expand(len(rows), -1).clone()
-            S, g, _ = engine.start(flow, oracle, Wb, clip=_clip_rows)
-            _, traj = engine.run(flow, oracle, S, steps, h=h, every=every, first=(g, None),
-                                 stepper=_euler_step_, clip=_clip_rows)
-            W[rows] = torch.stack(traj, 1)
+    def run():
+        S, g, _ = engine.start(flow, oracle, W0.expand(P, -1).clone(), clip=_clip_rows)
+        _, traj = engine.run(flow, oracle, _clock_columns(flow, S, P), K, h=h, every=every,
+                             first=(g, None), stepper=stepper, clip=_clip_rows)
+        return torch.stack(traj, 1)
 
-        _batched(run)
-    stats = {"kind": "discrete", "h": h, "steps": steps, "batches": len(groups),
+    W = _batched(run)
+    stats = {"kind": "discrete", "h": hs or h, "steps": counts if hs else K,
              "wall_time_s": time.perf_counter() - start}
-    times = torch.tensor(keep, dtype=torch.float64) * h
+    if hs is None:
+        times = torch.tensor(keep, dtype=torch.float64) * h
+    else:
+        times = torch.tensor([[min(k, n) * hj for k in keep] for n, hj in zip(counts, hs)],
+                             dtype=torch.float64)
     finite = torch.isfinite(W).all(dim=2)  # (P, K)
     diverged = ~finite.all(dim=1)
     stats["diverged"] = [{"point": points[i], "index": i,
-                          "time": float(times[int((~finite[i]).nonzero()[0])])}
+                          "time": float((times if hs is None else times[i])[
+                              int((~finite[i]).nonzero()[0])])}
                          for i in diverged.nonzero().flatten().tolist()]
     res = _result(flow_name, problem, points, times, W, stats)
     res.diverged = diverged
@@ -403,7 +552,7 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
     engine.check_method(method)
     for name, v in (("step_size", step_size), ("rtol", rtol), ("atol", atol)):
         engine.check_positive(name, v)
-    problem, points, flows = _setup(flow_name, problem, grid, fixed)
+    problem, points, flows, _ = _setup(flow_name, problem, grid, fixed)
     if problem.piecewise:
         raise ValueError("continuous sweeps need a smooth field (not a minibatch sequence)")
     times = _save_times(T, save_at)
@@ -414,53 +563,55 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
     from .engine.solve import check_max_steps
     from .integrate import check_budget
 
-    check_budget(t, method, step_size, check_max_steps(max_steps),
-                 len(points) * layout.size, W0.element_size())
+    P = len(points)
+    check_budget(t, method, step_size, check_max_steps(max_steps), P * layout.size,
+                 W0.element_size())
     slices = layout.slices
-    W = torch.empty(len(points), len(times), W0.numel(), dtype=W0.dtype, device=W0.device)
-    nfe = [0]
     start = time.perf_counter()
-    groups = _groups(flows)
-    for rows in groups:
-        flow = batched_flow([flows[i] for i in rows])
-        clocks = {v.name for v in flow.variables() if v.shape == "scalar"}
+    flow = batched_flow(flows)
+    scalars = {v.name for v in flow.variables() if v.shape == "scalar"}
 
-        def views(y, clocks=clocks):
-            return {n: (y[0, sl].view(()) if n in clocks else y[:, sl])
-                    for n, sl in slices.items()}
+    def views(y):
+        """The state at y: a scalar (clock) is one number while the rows agree on it, else a
+        (P, 1) column (per-row clocks, e.g. Adam with different betas)."""
+        S = {}
+        for n, sl in slices.items():
+            x = y[:, sl]
+            S[n] = x if n not in scalars else x if bool((x != x[0]).any()) else x[0].view(())
+        return S
 
-        def rhs(tau, y, flow=flow, clocks=clocks):
-            S = views(y)
-            g, _ = engine.evaluate(flow, oracle, S["W"], tau, clip=_clip_rows)
-            out = torch.empty_like(y)
-            for n, r in vector_field(flow, tau, S, g).items():
-                out[:, slices[n]] = r.reshape(-1, 1) if n in clocks else r
-            return out
+    def put(out, n, r):
+        out[:, slices[n]] = r.tensor(out) if isinstance(r, Column) else \
+            r.reshape(-1, 1) if n in scalars else r
 
-        def run(rows=rows, flow=flow, clocks=clocks, rhs=rhs):
-            Wb = W0.expand(len(rows), -1).clone()
-            S0, _, _ = engine.start(flow, oracle, Wb, clip=_clip_rows)
-            y0 = torch.empty(len(rows), layout.size, dtype=W0.dtype, device=W0.device)
-            for n, sl in slices.items():
-                y0[:, sl] = S0[n].reshape(-1, 1) if n in clocks else S0[n]
-            kw = dict(step_size=step_size) if method in engine.FIXED else dict(options={
-                "norm": lambda e: e.reshape(len(rows), -1).pow(2).mean(1).sqrt().max()})
-            try:
-                sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
-                                       max_steps=max_steps, check_finite=False, **kw)
-            except engine.IntegrationError as err:
-                who = [points[i] for i in rows]
-                raise engine.IntegrationError(
-                    f"continuous sweep of {len(who)} point(s) {who[:4]}"
-                    f"{' ...' if len(who) > 4 else ''} stopped: {err} (a stiff point slows "
-                    "the whole batch: sweep it separately, lower its lr, or use a fixed-step "
-                    "method)") from None
-            nfe[0] += st["nfe"]
-            sol = sol if times[0] == 0 else sol[1:]
-            W[rows] = sol[:, :, slices["W"]].transpose(0, 1)
+    def rhs(tau, y):  # y: the (P, size) state, or its flat view
+        S = views(y.view(P, -1))
+        g, _ = engine.evaluate(flow, oracle, S["W"], tau, clip=_clip_rows)
+        out = torch.empty(P, layout.size, dtype=y.dtype, device=y.device)
+        for n, r in vector_field(flow, tau, S, g).items():
+            put(out, n, r)
+        return out.view_as(y)
 
-        _batched(run)
-    stats = {"kind": "continuous", "method": method, "nfe": nfe[0], "batches": len(groups),
+    def run():
+        S0, _, _ = engine.start(flow, oracle, W0.expand(P, -1).clone(), clip=_clip_rows)
+        y0 = torch.empty(P, layout.size, dtype=W0.dtype, device=W0.device)
+        for n in slices:
+            put(y0, n, S0[n])
+        kw = {"step_size": step_size} if method in engine.FIXED else {"options": {
+            "norm": lambda e: e.reshape(P, -1).pow(2).mean(1).sqrt().max()}}
+        try:
+            sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
+                                   max_steps=max_steps, check_finite=False, **kw)
+        except engine.IntegrationError as err:
+            raise engine.IntegrationError(
+                f"continuous sweep of {P} point(s) {points[:4]}{' ...' if P > 4 else ''} "
+                f"stopped: {err} (a stiff point slows the whole batch: sweep it separately, "
+                "lower its lr, or use a fixed-step method)") from None
+        sol = sol if times[0] == 0 else sol[1:]
+        return sol[:, :, slices["W"]].transpose(0, 1), st["nfe"]
+
+    W, nfe = _batched(run)
+    stats = {"kind": "continuous", "method": method, "nfe": nfe,
              "wall_time_s": time.perf_counter() - start}
     if not torch.isfinite(W).all():
         bad = [points[i] for i in range(len(points)) if not torch.isfinite(W[i]).all()]
@@ -469,12 +620,18 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
 
 
 # --- the per-point loops (references and benchmark peers) ----------------------------------------
-def sequential_discrete(flow_name: str, problem, grid: dict, steps: int, h: float = 1.0,
-                        W0: Tensor | None = None, **fixed) -> Tensor:
-    """``run_discrete`` point by point: (P, steps + 1, n)."""
-    problem, _, flows = _setup(flow_name, problem, grid, fixed)
+def sequential_discrete(flow_name: str, problem, grid: dict, steps: int | None = None,
+                        h: float | None = None, W0: Tensor | None = None,
+                        T: float | None = None, **fixed) -> Tensor:
+    """``run_discrete`` point by point: (P, K + 1, n), K the most steps a row takes (a row
+    with fewer repeats its last iterate, as in ``sweep_discrete``)."""
+    problem, _, flows, hs = _setup(flow_name, problem, grid, fixed, discrete=True)
+    counts = _steps_per_row(steps, T, hs or [1.0 if h is None else h] * len(flows))
     W0 = _start(problem, W0)
-    return torch.stack([run_discrete(f, problem.grad, W0, steps, h=h)[1] for f in flows])
+    rows = [run_discrete(f, problem.grad, W0, n, h=None if hs else h)[1]
+            for f, n in zip(flows, counts)]
+    K = max(counts)
+    return torch.stack([torch.cat([r, r[-1:].expand(K + 1 - len(r), -1)]) for r in rows])
 
 
 def sequential_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None,
@@ -483,7 +640,7 @@ def sequential_continuous(flow_name: str, problem, grid: dict, T: float, save_at
     """``fluxode.integrate.integrate`` point by point: (P, len(save times), n)."""
     from .integrate import FIXED, integrate
 
-    problem, _, flows = _setup(flow_name, problem, grid, fixed)
+    problem, _, flows, _ = _setup(flow_name, problem, grid, fixed)
     kw = {"step_size": step_size} if method in FIXED else {}
     return torch.stack([integrate(f, problem, x0=W0, T=T, save_at=save_at, method=method,
                                   rtol=rtol, atol=atol, **kw).W for f in flows])

@@ -12,6 +12,7 @@ from fluxode import sweep as SW
 from fluxode.discretize import run_discrete
 from fluxode.flows import make_flow
 from fluxode.integrate import integrate
+from fluxode.paths import discrete_flow
 from fluxode.problems import make_problem
 
 # (flow, problem, grid, fixed hyperparameters): lr/β-type grids over the flows with torch twins
@@ -19,7 +20,8 @@ BITWISE = [
     ("sgd", "ravine", {"lr": [0.01, 0.02, 0.005], "momentum": [0.5, 0.9]}, {}),
     ("sgd", "rosenbrock", {"lr": [1e-3, 2e-3], "dampening": [0.1, 0.3]},
      {"momentum": 0.9, "weight_decay": 0.01}),
-    ("adamw", "rosenbrock", {"lr": [1e-2, 3e-2], "betas": [(0.9, 0.999), (0.8, 0.99)]}, {}),
+    ("adamw", "rosenbrock", {"lr": [1e-2, 3e-2],  # per-row clocks: one batch
+                             "betas": [(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]}, {}),
     ("adam", "ravine", {"lr": [1e-2, 3e-2], "eps": [1e-8, 1e-3]},
      {"weight_decay": 0.01, "amsgrad": True}),
     ("rmsprop", "ravine", {"lr": [1e-2, 3e-2], "alpha": [0.9, 0.99]},
@@ -55,12 +57,32 @@ def test_swept_clipping_and_model_problems_agree_to_float64_rounding():
         assert float((res.W - ref).abs().max() / ref.abs().max()) <= 1e-12
 
 
-def test_adam_betas_are_grouped_by_clock_rate_and_lr_batched():
-    grid = {"lr": [1e-2, 2e-2, 3e-2], "betas": [(0.9, 0.999), (0.8, 0.99)]}
-    res = SW.sweep_discrete("adam", "rosenbrock", grid, steps=5)
-    assert res.stats["batches"] == 2
-    res = SW.sweep_discrete("adam", "rosenbrock", {"lr": grid["lr"]}, steps=5)
-    assert res.stats["batches"] == 1
+# h sweeps: SGD's exact first momentum step (h = 1 rows only), Adam's clocks per (β, h),
+# Adagrad's step-count decay through each row's own η(τ)
+H_SWEEPS = [("sgd", {"h": [1.0, 0.5, 0.3], "lr": [0.01, 0.02]}, {"momentum": 0.9}),
+            ("adam", {"h": [0.4, 1.0], "betas": [(0.9, 0.999), (0.8, 0.99)]}, {"lr": 1e-2}),
+            ("adagrad", {"h": [0.25, 0.7], "lr_decay": [0.0, 1e-2]}, {"lr": 0.1})]
+
+
+@pytest.mark.parametrize("flow,grid,fixed", H_SWEEPS, ids=[c[0] for c in H_SWEEPS])
+def test_h_sweep_rows_equal_their_own_discrete_flow_bit_for_bit(flow, grid, fixed):
+    """Row j = run_discrete(discrete_flow(flow_j, h_j)) for ⌊T/h_j⌋ steps, then frozen."""
+    prob = make_problem("rosenbrock")
+    res = SW.sweep_discrete(flow, prob, grid, T=3.0, **fixed)
+    points = SW.grid_points(grid)
+    counts = [math.floor(3.0 / p["h"] + 1e-9) for p in points]
+    assert res.W.shape == (len(points), max(counts) + 1, prob.dim)
+    assert res.times.shape == res.W.shape[:2] and res.stats["steps"] == counts
+    for i, (p, n) in enumerate(zip(points, counts)):
+        f = discrete_flow(make_flow(flow, **fixed, **{k: v for k, v in p.items() if k != "h"}),
+                          p["h"])
+        taus, Ws = run_discrete(f, prob.grad, prob.x0(), n)
+        assert torch.equal(res.W[i, :n + 1], Ws) and bool((res.W[i, n:] == Ws[-1]).all()), p
+        assert torch.equal(res.times[i, :n + 1], taus) and bool((res.times[i, n:] == taus[-1]).all())
+    assert len({tuple(r[-1].tolist()) for r in res.W}) == len(points)
+    same = SW.sweep_discrete(flow, prob, grid, steps=4, **fixed)  # a count for every row
+    assert torch.equal(same.times[:, -1], torch.tensor([4 * p["h"] for p in points],
+                                                       dtype=torch.float64))
 
 
 @pytest.mark.parametrize("flow,grid,method", [
@@ -140,6 +162,25 @@ def test_bad_inputs_are_refused():
         SW.sweep_continuous("sgd", "ravine", {"lr": [0.1]}, T=1.0, step_size=math.nan)
     with pytest.raises(ValueError, match="needs a Hessian"):
         SW.sweep_discrete("newton", "ravine", {"lr": [0.1, 0.2]}, steps=3)
+    with pytest.raises(ValueError, match="exactly one of them"):
+        SW.sweep_discrete("sgd", "ravine", {"lr": [0.1]}, steps=3, T=3.0)
+    with pytest.raises(ValueError, match="T must be in"):
+        SW.sweep_discrete("sgd", "ravine", {"h": [0.5]}, T=-1.0)
+    with pytest.raises(ValueError, match="h given both"):
+        SW.sweep_discrete("sgd", "ravine", {"h": [0.5]}, steps=3, h=0.5)
+    with pytest.raises(ValueError, match=r"h must be in \(0, 1\]"):
+        SW.sweep_discrete("sgd", "ravine", {"h": [0.5, 2.0]}, T=4.0)
+    with pytest.raises(ValueError, match="sweep it with sweep_discrete"):
+        SW.sweep_continuous("sgd", "ravine", {"h": [0.5, 1.0]}, T=1.0)
+
+
+def test_what_cannot_batch_says_so():
+    """A branch on a swept value (Adam's β₁ > β₂ test in the continuous field) or a value the
+    flow reads as one float (NAdam's momentum schedule at τ = k·h_j) is refused, named."""
+    with pytest.raises(SW.NotUniform, match="gt differs across the points"):
+        SW.sweep_continuous("adam", "ravine", {"betas": [(0.9, 0.999), (0.99, 0.9)]}, T=1.0)
+    with pytest.raises(SW.NotUniform, match="read as one float differs"):
+        SW.sweep_discrete("nadam", "ravine", {"h": [1.0, 0.5]}, T=2.0)
 
 
 def test_demo_sweep_writes_its_outputs(tmp_path):
