@@ -38,6 +38,7 @@ wall time.
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import time
@@ -149,19 +150,23 @@ class _AdaptiveField(_Field):
         self.rejected += 1
 
 
-def fixed_grid(times: Tensor, step: float, jumps: Sequence[float]) -> Tensor:
+def fixed_grid(times, step: float, jumps: Sequence[float]) -> Tensor:
     """τ₀ + j·step up to the last time, plus every save time and jump, deduplicated (points
-    closer than 1e-9·max(1, |T|) merge onto the save time or jump)."""
-    t0, T = float(times[0]), float(times[-1])
+    closer than 1e-9·max(1, |T|) merge onto the save time or jump); float64."""
+    return torch.tensor(_grid(list(map(float, times)), step, list(jumps)), dtype=torch.float64)
+
+
+def _grid(ts: list[float], step: float, jumps: list[float]) -> list[float]:
+    """``fixed_grid`` in Python floats (no tensor is read)."""
+    t0, T = ts[0], ts[-1]
     n = math.ceil((T - t0) / step - 1e-9)
-    marks = torch.cat([times, torch.tensor(list(jumps), dtype=torch.float64)])
-    pts = torch.cat([torch.arange(n + 1, dtype=torch.float64) * step + t0, marks])
-    pts = torch.unique(pts.clamp(min=t0, max=T))  # sorted
-    keep = torch.ones_like(pts, dtype=torch.bool)
-    keep[1:] = (pts[1:] - pts[:-1]) > 1e-9 * max(1.0, abs(T))
-    pts = pts[keep]
+    marks = ts + [float(j) for j in jumps]
+    pts = sorted({min(max(v, t0), T) for v in [k * step + t0 for k in range(n + 1)] + marks})
+    eps = 1e-9 * max(1.0, abs(T))
+    pts = [pts[0]] + [b for a, b in itertools.pairwise(pts) if b - a > eps]
     for v in marks:  # snap the save times and jumps themselves back onto the grid exactly
-        pts[torch.argmin((pts - v).abs())] = v
+        i = min(range(len(pts)), key=lambda i: abs(pts[i] - v))
+        pts[i] = v
     return pts
 
 
@@ -178,6 +183,12 @@ _FIXED_RK = {  # torchdiffeq's fixed-grid step functions as tableaus: (c, A rows
 _ADAPTIVE_OPTIONS = {"first_step", "max_step", "min_step", "safety", "ifactor", "dfactor",
                      "max_num_steps", "norm", "step_t", "jump_t"}
 _FIXED_OPTIONS = {"grid_constructor", "perturb", "interp"}
+
+
+@functools.cache
+def _tableau(method: str) -> _Tableau:
+    """The method's tableau, read from torchdiffeq once per process."""
+    return _Tableau(method)
 
 
 class _Tableau:
@@ -220,7 +231,7 @@ class _RungeKutta:
 
     def __init__(self, rhs, y0: Tensor, method: str, into: bool, explain, check_finite: bool,
                  min_step: float, max_steps: int):
-        self.tab = tab = _Tableau(method)
+        self.tab = tab = _tableau(method)
         self.rhs, self.into, self.explain = rhs, into, explain
         self.check_finite, self.min_step, self.max_steps = check_finite, min_step, max_steps
         self.y0 = y0
@@ -554,8 +565,9 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_max_steps(max_steps)
     opts = dict(options or {})
-    T = float(times[-1])
-    jumps = [float(j) for j in jumps if float(times[0]) < float(j) < T]
+    ts = times.tolist()  # the save times, read once
+    T = ts[-1]
+    jumps = [float(j) for j in jumps if ts[0] < float(j) < T]
     fixed = method in FIXED
     if fixed:
         if step_size is None:
@@ -566,7 +578,7 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
     elif step_size is not None:
         raise ValueError(f"step_size applies to fixed-grid methods {list(FIXED)}, not to "
                          f"{method!r} (use rtol/atol, or options['first_step'])")
-    start = time.perf_counter()
+    start, fused = time.perf_counter(), False
     if solver == "torchode":
         sol, stats = _torchode(rhs, y0, times, method, rtol, atol, step_size, jumps, max_steps,
                                opts, into)
@@ -575,7 +587,7 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
                  and opts.get("interp", "linear") == "linear") or (
             method in ADAPTIVE and set(opts) <= _ADAPTIVE_OPTIONS)
         if fused:
-            sol, stats = _fused(rhs, y0, times, method, rtol, atol, step if fixed else None,
+            sol, stats = _fused(rhs, y0, times, ts, method, rtol, atol, step if fixed else None,
                                 jumps, max_steps, min_step, opts, dense, check_finite,
                                 explain, into, final_only)
         else:
@@ -588,23 +600,23 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
         torch.cuda.synchronize()
     stats["wall_time_s"] = time.perf_counter() - start
     last = sol[-1]
-    if check_finite and not all_finite(last):
+    checked = solver == "torchdiffeq" and fixed and method in _FIXED_RK and fused
+    if check_finite and not checked and not all_finite(last):  # fused fixed: every step was
         msg = (explain(T, last, None) if explain and last.ndim == 1 else None) \
             or f"non-finite state at τ={T:g}"
         raise IntegrationError(msg)
     return sol, stats
 
 
-def _fused(rhs, y0, times, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
+def _fused(rhs, y0, times, ts, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
            check_finite, explain, into, final_only):
     """The explicit Runge–Kutta methods on the fused flat-state stepper."""
     flat = y0 if y0.ndim == 1 else y0.reshape(-1)  # y0 itself: F may recognise its start
     rk = _RungeKutta(rhs, flat, method, into, explain, check_finite, min_step,
                      max_steps)
-    ts = times.tolist()
     if method in FIXED:
         perturb = bool(opts.get("perturb", bool(jumps)))
-        grid = fixed_grid(times, step, jumps).tolist()
+        grid = _grid(ts, step, jumps)
         sol = rk.fixed(flat, ts, grid, perturb, final_only)
         stats = {"method": method, "nfe": rk.nfe, "steps": rk.steps, "accepted": rk.steps,
                  "rejected": 0, "step_size": step}
