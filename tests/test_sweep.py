@@ -15,25 +15,26 @@ from fluxode.integrate import integrate
 from fluxode.paths import discrete_flow
 from fluxode.problems import make_problem
 
-# (flow, problem, grid, fixed hyperparameters): lr/β-type grids over the flows with torch twins
+# (flow, problem, grid, fixed hyperparameters, step sizes): lr/β-type grids over the flows with
+# torch twins (h = 1), and h = 0.5 where test_h_sweep_* does not already step that flow at h ≠ 1
 BITWISE = [
-    ("sgd", "ravine", {"lr": [0.01, 0.02, 0.005], "momentum": [0.5, 0.9]}, {}),
+    ("sgd", "ravine", {"lr": [0.01, 0.02, 0.005], "momentum": [0.5, 0.9]}, {}, [1.0]),
     ("sgd", "rosenbrock", {"lr": [1e-3, 2e-3], "dampening": [0.1, 0.3]},
-     {"momentum": 0.9, "weight_decay": 0.01}),
+     {"momentum": 0.9, "weight_decay": 0.01}, [1.0, 0.5]),
     ("adamw", "rosenbrock", {"lr": [1e-2, 3e-2],  # per-row clocks: one batch
-                             "betas": [(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]}, {}),
+                             "betas": [(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]}, {}, [1.0, 0.5]),
     ("adam", "ravine", {"lr": [1e-2, 3e-2], "eps": [1e-8, 1e-3]},
-     {"weight_decay": 0.01, "amsgrad": True}),
+     {"weight_decay": 0.01, "amsgrad": True}, [1.0, 0.5]),
     ("rmsprop", "ravine", {"lr": [1e-2, 3e-2], "alpha": [0.9, 0.99]},
-     {"momentum": 0.5, "centered": True}),
-    ("adagrad", "rosenbrock", {"lr": [1e-2, 3e-2], "lr_decay": [0.0, 1e-3]}, {}),
-    ("sgd", "ravine", {"lr": [0.01, 0.02]}, {"momentum": 0.9, "max_grad_norm": 0.5}),
+     {"momentum": 0.5, "centered": True}, [1.0, 0.5]),
+    ("adagrad", "rosenbrock", {"lr": [1e-2, 3e-2], "lr_decay": [0.0, 1e-3]}, {}, [1.0]),
+    ("sgd", "ravine", {"lr": [0.01, 0.02]}, {"momentum": 0.9, "max_grad_norm": 0.5}, [1.0, 0.5]),
 ]
+BITWISE_H = [(*c[:4], h) for c in BITWISE for h in c[4]]
 
 
-@pytest.mark.parametrize("flow,problem,grid,fixed", BITWISE,
-                         ids=[f"{c[0]}-{'x'.join(c[2])}" for c in BITWISE])
-@pytest.mark.parametrize("h", [1.0, 0.5])
+@pytest.mark.parametrize("flow,problem,grid,fixed,h", BITWISE_H,
+                         ids=[f"{c[4]}-{c[0]}-{'x'.join(c[2])}" for c in BITWISE_H])
 def test_discrete_sweep_equals_run_discrete_bit_for_bit(flow, problem, grid, fixed, h):
     prob = make_problem(problem)
     res = SW.sweep_discrete(flow, prob, grid, steps=25, h=h, **fixed)
