@@ -4,6 +4,7 @@ torch, continuous runs, the rates-path order and the declared limits."""
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -52,11 +53,14 @@ def test_invalid_options_are_refused(name):
 
 
 # --- bit for bit against torch ------------------------------------------------------------------
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+# float64 only: every float32 case of every grid is checked bitwise by
+# tests/test_verify.py::test_float32_is_bit_for_bit (the same run_case, 200 steps)
+@pytest.mark.parametrize("dtype", ["float64"])
 @pytest.mark.parametrize("name", ZOO)
 def test_first_and_last_options_bit_for_bit(name, dtype):
     """The default options and the last grid entry (decay, maximize, other betas, ...), 300
-    steps on a model with several shapes and a parameter without a gradient."""
+    steps on a model with several shapes and a parameter without a gradient; bitwise in
+    float64 (test_verify asks only ≤ 1e-12 there)."""
     grid = FLOWS[name].option_grid()
     for opts in (grid[0], grid[-1]):
         rec = run_case(Case(name, opts), DTYPES[dtype], 300)
@@ -232,10 +236,152 @@ def test_adamax_sqrt_point():
     assert pt.betas == pytest.approx((1 - 0.025, 1 - 0.00025)) and pt.noise_scale == 4
 
 
-@pytest.mark.parametrize("name", ["asgd", "rprop"])
-def test_no_betas_fixed_limit_is_declared_where_none_exists(name):
-    with pytest.raises(ValueError, match="declares no"):
-        make_flow(name).limit("betas-fixed")
+def test_sqrt_points_of_nadam_radam_adadelta():
+    """Adam's rule for NAdam/RAdam (ψ and a decoupled λ as rates per step); Adadelta's linear
+    rule with ε fixed (its preconditioner a/v ≈ ε/((1-ρ)σ²) is set by the start)."""
+    from fluxode import paths as P
+
+    pt = NAdam(lr=0.1, betas=(0.9, 0.99), eps=1e-4, momentum_decay=4e-3, weight_decay=0.01,
+               decoupled_weight_decay=True).sqrt_point(0.25)
+    assert type(pt.flow) is NAdam and pt.noise_scale == 4
+    assert pt.lr == pytest.approx(0.05) and pt.eps == pytest.approx(2e-4)
+    assert pt.betas == pytest.approx((0.975, 0.9975)) and pt.momentum_decay == pytest.approx(1e-3)
+    assert pt.weight_decay == pytest.approx(0.005) and pt.decoupled_weight_decay
+    pt = RAdam(lr=0.1, betas=(0.9, 0.99), eps=1e-4, weight_decay=0.01).sqrt_point(4.0)
+    assert pt.lr == pytest.approx(0.2) and pt.eps == pytest.approx(5e-5)
+    assert pt.betas == pytest.approx((0.6, 0.96)) and pt.weight_decay == 0.01  # coupled: loss
+    assert pt.noise_scale == 0.25
+    pt = make_flow("adadelta", lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.01).sqrt_point(0.25)
+    assert pt.lr == pytest.approx(0.25) and pt.rho == pytest.approx(0.975)
+    assert pt.eps == 1e-6 and pt.weight_decay == 0.01 and pt.noise_scale == 4
+    for name in ("nadam", "radam", "adadelta"):
+        with pytest.raises(ValueError, match="κ·\\(1-β\\)"):
+            P.sqrt_point(make_flow(name), 20.0 if name == "adadelta" else 2000.0)
+
+
+def test_sqrt_points_keep_nadam_and_radam_schedules_on_the_clock():
+    """At equal τ: NAdam's μ' - μ = (β₁' - β₁)(1 - ½·0.96^{τψ}) exactly (ψ' = κψ), RAdam's
+    rectification agrees to O(1/ρ) (shrinking with τ) and its switch is at the same step."""
+    from fluxode.flows.nadam import momentum_schedule
+
+    nadam = NAdam(betas=(0.9, 0.999), momentum_decay=0.05)
+    radam = RAdam(betas=(0.9, 0.999))
+    for kappa in (0.25, 4.0):
+        q = nadam.sqrt_point(kappa).flow
+        db = q.betas[0] - nadam.betas[0]
+        for t in (1.0, 10.0, 100.0, 1000.0):
+            mu_q = momentum_schedule(q.betas[0], q.momentum_decay, t / kappa)
+            mu = momentum_schedule(nadam.betas[0], nadam.momentum_decay, t)
+            assert mu_q - mu == pytest.approx(db * (1 - 0.5 * 0.96 ** (t * 0.05)), abs=1e-14)
+        q = radam.sqrt_point(kappa).flow
+        assert math.floor(q.switch_time()) == math.floor(radam.switch_time()) == 4
+        gaps = [abs(q.rectification(t / kappa) - radam.rectification(t))
+                for t in (200.0, 1000.0, 5000.0)]
+        assert gaps[0] < 0.05 * radam.rectification(200.0), gaps
+        assert gaps[2] < gaps[1] / 3 < gaps[0] / 9, gaps
+
+
+def _noisy_moments(flow, sigma, steps, seed, start=0.0, n=2000, drift=0.05):
+    """Mean and variance over n independent entries of W after ``steps`` unit steps on the
+    gradient drift + σ·ξ (a linear loss with noise), from W = start, in float64."""
+    from fluxode.discretize import run_discrete
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def grad(W):
+        return drift + sigma * torch.randn(W.shape, generator=gen, dtype=torch.float64)
+
+    W = run_discrete(flow, grad, torch.full((n,), start, dtype=torch.float64), steps)[1][-1]
+    return float(W.mean()), float(W.var())
+
+
+@pytest.mark.parametrize("name,hp,start", [
+    ("nadam", dict(lr=1e-3, betas=(0.9, 0.99), momentum_decay=0.05), 0.0),
+    # the decoupled decay lr·λ per step (W's mean from 1 is e^{-0.5} at κ = 1; λ unscaled
+    # would give e^{-1} at κ = 1/4)
+    ("nadam", dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=8.0, decoupled_weight_decay=True),
+     1.0),
+    ("radam", dict(lr=1e-3, betas=(0.9, 0.99)), 0.0),
+    ("adadelta", dict(rho=0.95), 0.0)])
+def test_sqrt_point_keeps_the_noisy_runs_distribution(name, hp, start):
+    """The square-root path's claim, measured: the optimizer at κ with gradient noise σ/√κ,
+    after T/κ steps, has W's mean and variance of the optimizer at κ = 1 after T steps
+    (noise-dominated: drift 0.05 ≪ σ = 1). A wrong lr rule is off by √κ or κ (Adadelta with
+    Adam's √κ or ε/κ: factor 2 and 4 at κ = 1/4); the rule's own error is O(1-β)."""
+    flow = make_flow(name, **hp)
+    for kappa, steps in ((0.25, 64), (4.0, 256)):
+        m0, v0 = _noisy_moments(flow, 1.0, steps, seed=0, start=start)
+        m1, v1 = _noisy_moments(flow.sqrt_point(kappa).flow, kappa ** -0.5,
+                                round(steps / kappa), seed=1, start=start)
+        assert m1 / m0 == pytest.approx(1, abs=0.15) and v1 / v0 == pytest.approx(1, abs=0.15), \
+            (kappa, m1 / m0, v1 / v0)
+
+
+def test_asgd_betas_fixed_path_is_torch_at_lr_h_and_tends_to_the_running_mean():
+    """Along betas-fixed the step-h run is torch.optim.ASGD with lr·h (λ, α, t₀ fixed), and
+    W and the average ax tend at order 1 to Ẇ = -E(τ)(g + λW), ax = (1/τ)∫₀^τ W."""
+    from fluxode.flows.asgd import ASGDMeanLimit
+    from fluxode.integrate import run_discrete_trajectory
+    from fluxode.paths import discrete_flow
+
+    p = make_problem("quadratic", dtype=torch.float64)
+    W0, T, hs = p.x0().reshape(-1), 4.0, [0.25 / 2 ** j for j in range(5)]
+    hp = dict(lr=0.1, lambd=0.5, alpha=0.5, t0=2.0, weight_decay=0.01)
+    flow = make_flow("asgd", **hp)
+    lim = flow.limit("betas-fixed")
+    assert isinstance(lim, ASGDMeanLimit) and lim.lambd == 0.5 and lim.alpha == 0.5
+    ref = integrate(lim, p, x0=W0, save_at=[0.0, T], rtol=1e-10, atol=1e-10)
+    errs = {"W": [], "ax": []}
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # torch keeps η, μ in the default dtype's scalars
+    try:
+        for h in hs:
+            run = run_discrete_trajectory(discrete_flow(flow, h, "betas-fixed"), p,
+                                          round(T / h), x0=W0, every=round(T / h))
+            for name, e in errs.items():
+                e.append(float((run.states[name][-1] - ref.states[name][-1]).norm()))
+        W = torch.nn.Parameter(W0.clone())
+        opt = torch.optim.ASGD([W], **{**hp, "lr": hp["lr"] * hs[-1]}, foreach=False)
+        for _ in range(round(T / hs[-1])):
+            W.grad = p.grad(W.detach())
+            opt.step()
+    finally:
+        torch.set_default_dtype(default)
+    assert torch.equal(run.W[-1], W.detach())
+    assert torch.equal(run.states["ax"][-1], opt.state[W]["ax"])
+    for name, e in errs.items():
+        fit = L.fit_order(hs, e)
+        assert all(b < a for a, b in pairwise(e)) and abs(fit.order - 1) < 0.1, (name, e)
+
+
+def test_rprop_refuses_a_betas_fixed_limit_and_its_runs_collapse_onto_the_start():
+    """The refusal says why, and the measurement behind it: along betas-fixed (torch's Rprop
+    with lr·h, bit for bit) the step-clock time to cover half the distance to the minimizer
+    shrinks like h·log(1/h) — the runs converge to no flow."""
+    from fluxode.discretize import run_discrete
+    from fluxode.paths import discrete_flow
+
+    flow = make_flow("rprop", lr=0.01)
+    with pytest.raises(ValueError, match="declares no betas-fixed limit: .*collapse onto τ = 0"):
+        flow.limit("betas-fixed")
+    p = make_problem("quadratic", dtype=torch.float64)
+    W0, T, hs = p.x0().reshape(-1), 1.0, [1 / 64, 1 / 128, 1 / 256]
+    half, steps = [], []
+    for h in hs:
+        taus, Ws = run_discrete(discrete_flow(flow, h, "betas-fixed"), p.grad, W0, round(T / h))
+        d = (Ws - p.minimizer).norm(dim=1)
+        k = int((d < d[0] / 2).nonzero()[0])
+        half.append(float(taus[k]))
+        steps.append(k)
+    W = torch.nn.Parameter(W0.clone())
+    opt = torch.optim.Rprop([W], lr=0.01 * hs[-1], foreach=False)
+    for _ in range(round(T / hs[-1])):
+        W.grad = p.grad(W.detach())
+        opt.step()
+    assert torch.equal(Ws[-1], W.detach())
+    # each halving of h: about log(2)/log(η₊) = 3.8 more steps, so τ nearly halves
+    assert all(1.6 < a / b < 2 for a, b in pairwise(half)), half
+    assert all(0 < b - a < 5 for a, b in pairwise(steps)), steps
 
 
 def test_unit_step_of_adamax_envelope_is_torch_max():

@@ -19,18 +19,27 @@ and each step writes its next value exactly (the exact solution of ẋ = E'(τ),
 torch's scalar dtype at the unit step. Partitioned Euler order: W (with the held η), ax
 (with the new W and the held μ), then η and μ.
 
-Limits. Along betas-fixed (lr → h·lr, μ's step count t = τ/h) torch's W-equation is
-unchanged, since λ·(h·lr)·(τ/h) = λ·lr·τ: W follows the same flow on both paths, and only the
-averaging window changes (t₀·h → 0: ax → the mean of W over [0, τ]). fluxode's BetasFixed
-path divides auxiliary rates by h, which is not how η and μ scale, so ASGD declares no
-betas-fixed limit.
+Limits. Along betas-fixed (torch's ASGD with lr·h and λ, α, t₀ fixed, on the step clock
+τ = t·h) torch's step size is h·E(τ), since λ·(h·lr)·(τ/h) = λ·lr·τ: W keeps its equation.
+The averaging weight counts steps, μ_t = 1/max(1, t - t₀) = 1/max(1, τ/h - t₀), and the
+step-h run moves ax by μ_t·(W - ax): the rate μ_t/h = 1/max(h, τ - h·t₀), a 1/τ rate once
+τ > h(t₀+1). So the path's flow holds η as E(τ) and counts μ in steps of h (``Sampled`` and
+``Average`` know how they scale: ``divided``), and as h → 0 the window start h·t₀ → 0:
+
+    Ẇ   = -E(τ)·(g + λ·W)          ȧx = (W - ax)/τ,  ax(0) = W₀
+    ⇔  ax(τ) = (1/τ)∫₀^τ W(s) ds    (the Polyak–Ruppert mean of the whole flow; at τ = 0
+                                      the rate's limit is Ẇ(0)/2)
+
+(``ASGDMeanLimit``). The runs approach it at order 1 once h(t₀+1) ≪ τ (measured on
+``quadratic``, lr 0.1, λ 0.5, α 0.5, t₀ 2, T 4, h = 1/4 … 1/64: order 1.01 for W, 0.98 for
+ax); with torch's t₀ = 10⁶ that needs h ≪ 10⁻⁶·τ, and before that ax = W (μ = 1).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -42,6 +51,11 @@ from .nadam import scalar_dtype
 from .rates import Linear, Term
 
 
+def step_size(lr: float, lambd: float, alpha: float, tau: float) -> float:
+    """E(τ) = lr/(1 + λ·lr·τ)^α: ASGD's step size on the step clock (torch's expression)."""
+    return lr / ((1 + lambd * lr * tau) ** alpha)
+
+
 def _in_scalar_dtype(x: float) -> float:
     """x as torch keeps it in a scalar state tensor (float32 unless the default is float64)."""
     return float(torch.tensor(x, dtype=scalar_dtype()))
@@ -50,41 +64,55 @@ def _in_scalar_dtype(x: float) -> float:
 @dataclass(frozen=True)
 class Sampled:
     """ẋ = f'(τ) for a state that is a known function f of τ: each step of size h writes
-    f(τ + h) (in torch's scalar dtype at h = 1, as torch writes its ``eta``/``mu``)."""
+    f(τ + h) (in torch's scalar dtype at the optimizer's own step, as torch writes its
+    ``eta``/``mu``). ``per`` ≠ 1 (betas-fixed): f counts torch's steps of size ``per``, so
+    the state is f(τ/per)."""
 
     f: Callable[[float], float]
     df: Callable[[float], float]
     tau: float
+    counts_steps: bool = False  # f's argument is torch's step count (μ), not the clock (η)
+    per: float = 1.0
 
     def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        d = self.df(self.tau)
+        d = self.df(float(self.tau) / self.per) / self.per
         return torch.full_like(x, d) if out is None else out.fill_(d)
 
     def euler_(self, x: Tensor, h: float) -> None:
-        v = self.f(float(self.tau) + h)
-        x.fill_(_in_scalar_dtype(v) if h == 1.0 else v)
+        v = self.f((float(self.tau) + h) / self.per) if self.per != 1.0 \
+            else self.f(float(self.tau) + h)
+        x.fill_(_in_scalar_dtype(v) if h == self.per else v)
+
+    def divided(self, h: float) -> Sampled:
+        """Along betas-fixed: a step count is counted in steps of h; a function of the clock
+        (η: torch's step size at lr·h is h·E(τ), W's Euler step h·E) is unchanged."""
+        return replace(self, per=self.per * h) if self.counts_steps else self
 
 
 @dataclass(frozen=True)
 class Average:
-    """ȧx = μ·(W - ax); the unit step is torch's ``ax.add_(W.sub(ax).mul_(μ))``, or
-    ``ax.copy_(W)`` when μ = 1."""
+    """ȧx = (μ/per)·(W - ax); the step of size ``per`` (torch's step: 1, or h along
+    betas-fixed) is torch's ``ax.add_(W.sub(ax).mul_(μ))``, or ``ax.copy_(W)`` when μ = 1."""
 
     mu: float
     target: Tensor
+    per: float = 1.0
 
     def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
-        r = (self.target - x).mul_(self.mu)
+        r = (self.target - x).mul_(self.mu / self.per if self.per != 1.0 else self.mu)
         return r if out is None else out.copy_(r)
 
     def euler_(self, x: Tensor, h: float) -> None:
-        if h == 1.0:
+        if h == self.per:
             if self.mu == 1:
                 x.copy_(self.target)
             else:
                 x.add_(self.target.sub(x).mul_(torch.tensor(self.mu, dtype=scalar_dtype())))
         else:
-            x.add_(self.target.sub(x).mul_(h * self.mu))
+            x.add_(self.target.sub(x).mul_(h * self.mu / self.per))
+
+    def divided(self, h: float) -> Average:
+        return replace(self, per=self.per * h)
 
 
 class ASGD(Flow):
@@ -109,8 +137,7 @@ class ASGD(Flow):
     # --- the step size and averaging weight as functions of τ --------------------------------
     def E(self, tau: float) -> float:
         """lr/(1 + λ·lr·τ)^α (torch's expression)."""
-        lr = self.lr
-        return lr / ((1 + self.lambd * lr * tau) ** self.alpha)
+        return step_size(self.lr, self.lambd, self.alpha, tau)
 
     def dE(self, tau: float) -> float:
         lr = self.lr
@@ -150,7 +177,8 @@ class ASGD(Flow):
             return (Average(float(S["mu"]), S["W"]),)
 
         def clocks(tau, S, g):
-            return Sampled(self.E, self.dE, tau), Sampled(self.mu_of, self.dmu, tau)
+            return (Sampled(self.E, self.dE, tau),
+                    Sampled(self.mu_of, self.dmu, tau, counts_steps=True))
 
         return [Block(("W",), position), Block(("ax",), average), Block(("eta", "mu"), clocks)]
 
@@ -159,6 +187,12 @@ class ASGD(Flow):
                 f"μ(τ) = 1/max(1, τ - t₀)          t₀={self.t0:g}",
                 "Ẇ   = -E(τ)·(g + λ·W)",
                 "ȧx  = μ(τ)·(W - ax)"]
+
+    def betas_fixed_limit(self):
+        """Ẇ = -E(τ)(g + λW), ȧx = (W - ax)/τ: ax is the mean of W over [0, τ] (t₀·h → 0)."""
+        return ASGDMeanLimit(lr=self.lr, lambd=self.lambd, alpha=self.alpha,
+                             weight_decay=self.weight_decay, maximize=self.maximize,
+                             max_grad_norm=self.max_grad_norm)
 
     def hyperparameters(self):
         hp = {**super().hyperparameters(), "lambd": self.lambd, "alpha": self.alpha,
@@ -176,3 +210,60 @@ class ASGD(Flow):
     def invalid_options(cls):
         return super().invalid_options() + [{"lambd": -1.0}, {"alpha": -0.5}, {"t0": -3.0},
                                             {"t0": math.nan}]
+
+
+# --- betas-fixed limit ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunningMean:
+    """ȧx = (W - ax)/τ, the running mean ax = (1/τ)∫₀^τ W; at τ = 0 (ax = W) the rate's
+    limit Ẇ(0)/2 (``start``)."""
+
+    target: Tensor
+    tau: float
+    start: Tensor | None = None
+
+    def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
+        r = self.start.mul(0.5) if self.tau == 0 else (self.target - x).div_(float(self.tau))
+        return r if out is None else out.copy_(r)
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        x.add_(self.rate(x), alpha=h)
+
+
+class ASGDMeanLimit(Flow):
+    """ASGD along betas-fixed: Ẇ = -E(τ)(g + λW), ȧx = (W - ax)/τ, ax(0) = W₀."""
+
+    name = "asgd-mean-limit"
+    summary = "ASGD's betas-fixed limit: its W flow and the running mean of W over [0, τ]"
+
+    def __init__(self, lr=1e-2, lambd=1e-4, alpha=0.75, weight_decay=0.0, *, maximize=False,
+                 max_grad_norm=None):
+        super().__init__(lr, weight_decay=weight_decay, maximize=maximize,
+                         max_grad_norm=max_grad_norm)
+        self.lambd = check.at_least("lambd", lambd, 0.0)
+        self.alpha = check.within("alpha", alpha, ASGD.ranges["alpha"])
+
+    def variables(self):
+        return (Var("ax", init=lambda W, g0: W.clone()),)
+
+    def blocks(self):
+        def drift(tau, S, g):
+            E = step_size(self.lr, self.lambd, self.alpha, float(tau))
+            return Linear((Term(-E, g),), decay=self.lambd * E)
+
+        def position(tau, S, g):
+            return (drift(tau, S, g),)
+
+        def average(tau, S, g):
+            start = drift(tau, S, g).rate(S["W"]) if tau == 0 else None
+            return (RunningMean(S["W"], tau, start),)
+
+        return [Block(("W",), position), Block(("ax",), average)]
+
+    def equations(self):
+        return [f"E(τ) = lr/(1 + λ·lr·τ)^α          λ={self.lambd:g}, α={self.alpha:g}",
+                "Ẇ   = -E(τ)·(g + λ·W)",
+                "ȧx  = (W - ax)/τ,  ax(0) = W₀    (ax = mean of W over [0, τ])"]
+
+    def hyperparameters(self):
+        return {**super().hyperparameters(), "lambd": self.lambd, "alpha": self.alpha}

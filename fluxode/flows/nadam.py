@@ -55,6 +55,23 @@ Limits (``fluxode.flows.capabilities``), along betas-fixed (fluxode's path: auxi
 (torch's own optimizer with lr·h and β fixed counts steps, t = τ/h, so there μ_t → β₁ and
 ρ_t → ρ_∞ for every τ > 0 and both limits become the plain sign flow; fluxode's path holds
 the schedules on the step clock, and the limits above are the ones its runs converge to.)
+
+Square-root path (``sqrt_point(κ)``: batch × κ, Σ → Σ/κ, one step covers κ units of τ).
+Adam's rule (Malladi et al. 2022) holds for both, because it keeps every term of the step
+invariant in the noise-dominated regime (√v ∝ σ ∝ 1/√κ): lr → √κ·lr, 1-βᵢ → κ(1-βᵢ),
+ε → ε/√κ; a decoupled decay lr·λ is a rate per step like 1-β, so λ → √κ·λ (coupled L2
+decay is part of the loss: λ unchanged). What each adds:
+
+    NAdam   μ(t) counts steps: ψ → κψ keeps 0.96^{tψ} = 0.96^{τψ} a function of τ, so the
+            mixing weights agree at equal τ up to (κ-1)(1-β₁), the order the rule neglects.
+            The direct term (1-μ)/(1-Π)·g/(√v+ε) is then invariant like Adam's m term: a
+            step moves W by κ·lr·a·g'/√v (√v' = √v/√κ, a = (1-μ)/(1-Π)), so per unit τ
+            (1/κ steps, g' with noise σ/√κ) the drift is lr·a·∇L/√v and the variance
+            (lr·a·σ)²/v, as at κ = 1.
+    RAdam   r(τ) depends on β₂ and t only through x = (1-β₂)·t = (1-β₂)τ to leading order:
+            ρ/ρ_∞ → 1 - x/(eˣ - 1), so r'(τ/κ) = r(τ) up to O(1/ρ); the un-rectified start
+            (ρ ≤ 5) is about 5 steps at every κ (ρ(t) ≈ t for (1-β₂)t ≪ 1), each moving W by
+            lr·m̂, whose noise lr·σ is invariant along the rule.
 """
 
 from __future__ import annotations
@@ -68,6 +85,7 @@ from torch import Tensor
 from .. import validation as check
 from .adam import moment_rates
 from .base import Block, Flow, Var
+from .capabilities import SqrtPoint
 from .rates import Clock, Linear, Term, Toward
 
 
@@ -80,6 +98,19 @@ def scalar_dtype() -> torch.dtype:
 def momentum_schedule(beta1: float, psi: float, t: float) -> float:
     """μ(t) = β₁(1 - ½·0.96^{tψ}), as torch.optim.NAdam evaluates it (t: its step count)."""
     return beta1 * (1.0 - 0.5 * (0.96 ** (t * psi)))
+
+
+def adam_sqrt_point(flow: Flow, kappa: float, **per_step: float) -> SqrtPoint:
+    """Adam's square-root point for an Adam-like flow (betas, eps, decoupled_decay): lr·√κ,
+    1-βᵢ → κ(1-βᵢ), ε/√κ, λ·√κ when decoupled, Σ → Σ/κ; ``per_step`` hyperparameters (rates
+    per step, like 1-β) are multiplied by κ."""
+    kappa, r = flow._path_step(kappa)
+    b1, b2 = flow.betas
+    wd = flow.weight_decay * r if flow.decoupled_decay else flow.weight_decay
+    return SqrtPoint(flow.replace(lr=flow.lr * r, betas=(1 - kappa * (1 - b1),
+                                                          1 - kappa * (1 - b2)),
+                                  eps=flow.eps / r, weight_decay=wd,
+                                  **{k: v * kappa for k, v in per_step.items()}), 1.0 / kappa)
 
 
 @dataclass(frozen=True)
@@ -217,6 +248,11 @@ class NAdam(Flow):
                               weight_decay=self.weight_decay, decoupled=self.decoupled_decay,
                               maximize=self.maximize)
 
+    def sqrt_point(self, h):
+        """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, ψ → h·ψ, λ → √h·λ (decoupled only),
+        Σ → Σ/h: Adam's rule, and ψ as a rate per step (M stays a function of τ)."""
+        return adam_sqrt_point(self, h, momentum_decay=self.momentum_decay)
+
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,
                 "momentum_decay": self.momentum_decay,
@@ -328,6 +364,11 @@ class RAdam(Flow):
         return RAdamSignLimit(lr=self.lr, beta2=self.betas[1], eps=self.eps,
                               weight_decay=self.weight_decay, decoupled=self.decoupled_decay,
                               maximize=self.maximize)
+
+    def sqrt_point(self, h):
+        """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, λ → √h·λ (decoupled only), Σ → Σ/h:
+        Adam's rule; r(τ) is then a function of (1-β₂)τ, the same at every h."""
+        return adam_sqrt_point(self, h)
 
     def hyperparameters(self):
         return {**super().hyperparameters(), "betas": self.betas, "eps": self.eps,

@@ -19,9 +19,17 @@ Nothing is smooth here, so no order is assumed: along ``rates`` (Euler step h of
 system) the error is measured (``experiments/zoo_table.py``; about O(h) away from switching
 times, worse where entries stop).
 
-Limits. lr only sets s(0); along betas-fixed (lr → h·lr, η± per step fixed) s(0) → 0 while
-s grows by η₊^{1/h} per unit time, so the path has no limit but the clamp s_max: Rprop
-declares no betas-fixed limit, and there is no square-root path for a sign method.
+Limits. Along betas-fixed (torch's Rprop with lr·h; etas and step_sizes fixed, as they are
+per step) the step-h run is the Euler step h of the path's flow with s counted per unit of
+τ (s = torch's step_size/h, clamped to [s_min/h, s_max/h]; ``StepSize.divided``). lr only
+sets s(0): while signs agree s grows by η₊ per *step*, so torch's step length forgets its
+start h·lr within log(1/h)/log η₊ steps and then lives in [s_min, s_max] whatever h is —
+W's speed is that length per step, ~1/h per unit τ. As h → 0 the runs cover any fixed
+distance in τ = O(h·log(1/h)) (measured, lr 0.01 on ``quadratic``: half the distance to
+the minimizer is crossed at τ = 0.625, 0.344, 0.184 for h = 1/64, 1/128, 1/256, i.e. after
+40, 44, 47 steps; tests/test_zoo_torch.py), so the whole trajectory collapses
+onto τ = 0⁺: no flow is its limit, and ``betas_fixed_limit`` refuses with that reason.
+There is no square-root path for a sign method.
 """
 
 from __future__ import annotations
@@ -45,18 +53,26 @@ class StepSize:
     factor: Tensor
     lo: float
     hi: float
+    per: float = 1.0  # torch's step on the clock (betas-fixed: h; s is then torch's s/h)
 
     def rate(self, x: Tensor, out: Tensor | None = None) -> Tensor:
         r = (self.factor - 1).mul_(x)
+        if self.per != 1.0:
+            r.div_(self.per)
         r = torch.where(((x >= self.hi) & (r > 0)) | ((x <= self.lo) & (r < 0)),
                         torch.zeros_like(r), r)
         return r if out is None else out.copy_(r)
 
     def euler_(self, x: Tensor, h: float) -> None:
-        if h == 1.0:
+        if h == self.per:
             x.mul_(self.factor).clamp_(self.lo, self.hi)
         else:
-            x.add_((self.factor - 1).mul_(x), alpha=h).clamp_(self.lo, self.hi)
+            x.add_((self.factor - 1).mul_(x), alpha=h / self.per).clamp_(self.lo, self.hi)
+
+    def divided(self, h: float) -> StepSize:
+        """Along betas-fixed: F per step of size h, bounds s_min/h, s_max/h (torch's per-step
+        lengths, counted per unit of τ)."""
+        return StepSize(self.factor, self.lo / h, self.hi / h, self.per * h)
 
 
 class Rprop(Flow):
@@ -138,6 +154,14 @@ class Rprop(Flow):
                 f"ṡ  = (F - 1)·s  on [{lo:g}, {hi:g}],  s(0) = lr",
                 "ĝ  = g·1{g·p ≥ 0},   ṗ = ĝ - p,  p(0) = 0",
                 "Ẇ  = -s ⊙ sign(ĝ)"]
+
+    def betas_fixed_limit(self):
+        raise ValueError(
+            f"flow {self.name!r} declares no betas-fixed limit: along betas-fixed (lr → h·lr, "
+            "etas and step_sizes fixed per step) the step length forgets lr within "
+            "log(1/h)/log(etas[1]) steps and stays in [step_sizes[0], step_sizes[1]] per "
+            "step, so W moves ~1/h per unit time and the runs collapse onto τ = 0 as h → 0: "
+            "no flow is the limit (use path 'rates', or Rprop at h = 1)")
 
     def hyperparameters(self):
         hp = super().hyperparameters()
