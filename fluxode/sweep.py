@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import array
 import copy
-import functools
 import itertools
 import math
 import operator
@@ -58,17 +57,28 @@ class NotUniform(ValueError):
 class Column:
     """P per-point values of one hyperparameter, acting like a float in the flows' arithmetic."""
 
-    __slots__ = ("values",)
+    __slots__ = ("_rows_of", "values")
 
     def __init__(self, values):
         self.values = tuple(map(float, values))
+        self._rows_of = None
 
     @classmethod
     def _of(cls, values) -> Column:
         """A Column of values that are already floats (the results of float arithmetic)."""
         c = object.__new__(cls)
         c.values = tuple(values)
+        c._rows_of = None
         return c
+
+    def rows_of(self) -> dict:
+        """{value: the rows holding it} (computed once: a swept h is one Column per sweep)."""
+        if self._rows_of is None:
+            rows: dict = {}
+            for j, v in enumerate(self.values):
+                rows.setdefault(v, []).append(j)
+            self._rows_of = rows
+        return self._rows_of
 
     def __len__(self):
         return len(self.values)
@@ -192,14 +202,29 @@ def _at_step(h, unit, general):
     h = 1, else ``general(h)``; per row for a Column h (``general`` in Column arithmetic)."""
     if not isinstance(h, Column):
         return unit if h == 1.0 else general(h)
-    ones = tuple(map(operator.eq, h.values, itertools.repeat(1.0)))
-    if not any(ones):
+    ones = h.rows_of().get(1.0, ())
+    if not ones:
         return general(h)
-    if all(ones):
+    if len(ones) == len(h):
         return unit
-    g = general(h).values
-    u = unit.values if isinstance(unit, Column) else itertools.repeat(unit)
-    return Column([a if one else b for one, a, b in zip(ones, u, g)])
+    values = list(general(h).values)
+    for j in ones:
+        values[j] = unit.values[j] if isinstance(unit, Column) else unit
+    return Column(values)
+
+
+def _per_h(fn, h, *args):
+    """``fn(h, *args)`` per Column h: once for each distinct h_j on the Column args' rows that
+    share it (h, and τ = k·h_j, are then plain numbers), the results put back in row order."""
+    if not isinstance(h, Column):
+        return fn(h, *args)
+    out = [None] * len(h)
+    for hj, rows in h.rows_of().items():
+        sub = fn(hj, *(Column._of(map(a.values.__getitem__, rows)) if isinstance(a, Column)
+                       else a for a in args))
+        for i, j in enumerate(rows):
+            out[j] = sub.values[i] if isinstance(sub, Column) else sub
+    return Column(out)
 
 
 def _rows(fn, *args):
@@ -220,10 +245,10 @@ class _Cell:
         self.value = value
 
 
-@functools.lru_cache(maxsize=4096)  # rows that share (β, τ, h) share the value
-def _clock_value(keep, tau, h):
+def _clock_value(h, keep, tau):
+    """The clock at τ + h by the per-point arithmetic (``Clock.euler_``); τ one number."""
     cell = _Cell()
-    Clock(keep, tau).euler_(cell, h)
+    Clock(keep, float(tau)).euler_(cell, h)
     return cell.value
 
 
@@ -274,7 +299,7 @@ def _euler_(rate, x, h):
             rate.euler_(cell, h)  # the per-point arithmetic (Column keep: Column arithmetic)
             c = cell.value
             return c if isinstance(c, Column) else Column([c] * len(x))
-        c = _rows(_clock_value, rate.keep, rate.tau, h)  # one clock per row
+        c = _per_h(_clock_value, h, rate.keep, rate.tau)  # one clock per row
         report = getattr(rate, "report", None)  # a later block may use the new value
         if report is not None:
             report(c)
