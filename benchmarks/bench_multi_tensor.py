@@ -74,9 +74,9 @@ def _runners(sizes: list[int]) -> dict:
                          **HP)
     d = _params(sizes)
     flow = flux_opt.flow_for(flux_opt.param_groups[0])
-    c0 = lambda: torch.tensor(0.0, dtype=torch.float64)  # noqa: E731
+    # clocks as Python numbers, as FlowOptimizer keeps them
     states = [{"W": p.detach(), "m": torch.zeros_like(p), "v": torch.zeros_like(p),
-               "c1": c0(), "c2": c0()} for p in d]
+               "c1": 0.0, "c2": 0.0} for p in d]
     grads = [p.grad for p in d]
     j = [0]
 

@@ -207,14 +207,14 @@ class FlowOptimizer(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads) and not flow.sparse_gradients:
+            sparse = any(g.is_sparse for g in grads)
+            if sparse and not flow.sparse_gradients:
                 raise RuntimeError(f"flow {flow.name!r} has no sparse form: it does not take "
                                    "sparse gradients (torch.optim.SparseAdam does)")
             clip_gradients_(grads, flow.max_grad_norm)
             book = self._book(group, flow, params, grads)
             taus = book.taus(h)
-            if not (self.backend != "reference" and book.real
-                    and not any(g.is_sparse for g in grads)
+            if not (self.backend != "reference" and book.real and not sparse
                     and flow.fused_group_step_(taus, book.states, grads, h, self.backend)):
                 self._tensor_steps(flow, book, params, grads, taus, h)
             book.advance()
