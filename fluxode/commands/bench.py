@@ -14,9 +14,19 @@ def add_arguments(p):
     p.add_argument("--min-log2", type=int, default=16)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--solve", action="store_true",
+                   help="instead: the solve path (integrate dopri5 vs torchode and naive "
+                        "torchdiffeq per evaluation at N = 1e3, 1e5, 1e6) and the ODE "
+                        "optimizer (rk4/dopri5 step vs its gradient evaluations, extra memory); "
+                        "--repeats interleaved rounds (3 is plenty)")
 
 
 def run(args) -> int:
+    if args.solve:
+        from ..engine.bench import main
+
+        main(["--rounds", str(args.repeats)])
+        return 0
     from ..kernels.bench import format_table, run_cpu_bench
 
     if not 10 <= args.min_log2 <= args.max_log2 <= 27:

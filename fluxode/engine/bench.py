@@ -1,0 +1,250 @@
+"""The solve path against its peers, and the ODE optimizer against its gradient evaluations.
+
+Solve. Gradient flow Ẇ = -η∇L on a diagonal quadratic L = ½Σ aᵢWᵢ² (float64, aᵢ ∈ [1, 10],
+η = 0.1, τ ∈ [0, 20], dopri5, rtol 1e-6, atol 1e-8) at N = 10³, 10⁵, 10⁶, three ways:
+
+    fluxode    fluxode.integrate(flow="sgd", problem) — the default solver path
+    torchode   torchode 1.0.1 Dopri5 + IntegralController on the field f(t, y) = -η a⊙y
+    naive      torchdiffeq.odeint on the same field, called as a user would
+
+Cost per evaluation = wall time / NFE (the three take about the same NFE; each is printed).
+Rounds are interleaved and the median kept (the machine is shared). Ratio = fluxode / peer.
+
+ODE optimizer. An MLP 784→512→512→10 (float32, batch 128, random data, cross-entropy),
+``ODEOptimizer`` (AdamW flow) with rk4 (one step = 4 gradient evaluations) and dopri5; ratio =
+step time / (NFE × one gradient evaluation: closure with zero_grad and backward). Extra
+memory: the peak of tensor bytes allocated during the step above the peak of one closure
+call, counted by a TorchDispatchMode that follows every storage an op returns until it is
+freed (CPU has no allocator statistics), in units of the flat state (W and the flow's
+variables) — target ≤ (stages + 2) × state.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_solve.py [--rounds 5] [--sizes 3 5 6]
+    OMP_NUM_THREADS=1 fluxode bench --solve [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from ..integrate import integrate
+from ..problems import Problem
+
+ETA, T, RTOL, ATOL = 0.1, 20.0, 1e-6, 1e-8
+
+
+class DiagonalQuadratic(Problem):
+    """L(W) = ½ Σ aᵢ Wᵢ², aᵢ evenly spaced in [1, 10], W₀ = 1."""
+
+    name = "diagonal-quadratic"
+
+    def __init__(self, n: int):
+        self.dim, self.dtype = n, torch.float64
+        self.a = torch.linspace(1.0, 10.0, n, dtype=torch.float64)
+
+    def loss(self, W):
+        return 0.5 * (self.a * W * W).sum()
+
+    def grad(self, W, tau=0.0):
+        return self.a * W
+
+    def x0(self):
+        return torch.ones(self.dim, dtype=torch.float64)
+
+
+def run_fluxode(p: DiagonalQuadratic):
+    t = time.perf_counter()
+    tr = integrate(_flow(), p, save_at=[0.0, T], method="dopri5", rtol=RTOL, atol=ATOL)
+    return time.perf_counter() - t, tr.stats["nfe"], tr.W[-1]
+
+
+def _flow():
+    from ..flows import make_flow
+
+    return make_flow("sgd", lr=ETA)
+
+
+def run_torchode(p: DiagonalQuadratic):
+    import torchode as to
+
+    a = p.a[None]
+    nfe = [0]
+
+    def f(t, y):
+        nfe[0] += 1
+        return -ETA * a * y
+
+    term = to.ODETerm(f)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term),
+                                to.IntegralController(atol=ATOL, rtol=RTOL, term=term))
+    y0 = p.x0()[None]
+    t_eval = torch.tensor([[0.0, T]], dtype=torch.float64)
+    t = time.perf_counter()
+    with torch.no_grad():
+        sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t_eval))
+    return time.perf_counter() - t, nfe[0], sol.ys[0, -1]
+
+
+def run_naive(p: DiagonalQuadratic):
+    import torchdiffeq
+
+    nfe = [0]
+
+    def f(t, y):
+        nfe[0] += 1
+        return -ETA * p.a * y
+
+    t = time.perf_counter()
+    with torch.no_grad():
+        sol = torchdiffeq.odeint(f, p.x0(), torch.tensor([0.0, T], dtype=torch.float64),
+                                 method="dopri5", rtol=RTOL, atol=ATOL)
+    return time.perf_counter() - t, nfe[0], sol[-1]
+
+
+def solve_section(sizes, rounds):
+    runs = {"fluxode": run_fluxode, "torchode": run_torchode, "naive": run_naive}
+    rows = []
+    for e in sizes:
+        p = DiagonalQuadratic(10 ** e)
+        exact = torch.exp(-ETA * p.a * T)
+        per, nfes, errs = {k: [] for k in runs}, {}, {}
+        for r in range(rounds + 1):  # round 0 warms up
+            for name, fn in runs.items():
+                wall, nfe, yT = fn(p)
+                if r:
+                    per[name].append(wall / nfe)
+                nfes[name] = nfe
+                errs[name] = float((yT - exact).abs().max())
+        med = {k: statistics.median(v) for k, v in per.items()}
+        rows.append((e, med, nfes, errs))
+        print(f"N=1e{e}: per evaluation  fluxode {1e6 * med['fluxode']:9.1f} µs (nfe "
+              f"{nfes['fluxode']})  torchode {1e6 * med['torchode']:9.1f} µs (nfe "
+              f"{nfes['torchode']})  naive torchdiffeq {1e6 * med['naive']:9.1f} µs (nfe "
+              f"{nfes['naive']})  ratio fluxode/torchode {med['fluxode'] / med['torchode']:.2f}"
+              f"  fluxode/naive {med['fluxode'] / med['naive']:.2f}  max|err| "
+              + " ".join(f"{k} {v:.1e}" for k, v in errs.items()), flush=True)
+    return rows
+
+
+# --- the ODE optimizer ------------------------------------------------------------------------
+class PeakBytes(TorchDispatchMode):
+    """Live and peak bytes of the storages that ops allocate while active (an op's result
+    whose storage is not one of its inputs' — views, in-place and out= results are not
+    new memory; each storage counted once, released when it is freed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.now = self.peak = 0
+
+    def _sweep(self):
+        for k in [k for k, (ref, _) in self.live.items() if ref.expired()]:
+            self.now -= self.live.pop(k)[1]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._sweep()
+        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
+                  if isinstance(t, Tensor)}  # views, in-place and out= results: no new memory
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and t.device.type == "cpu":
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key and key not in self.live and key not in inputs:
+                    self.live[key] = (StorageWeakRef(st), st.nbytes())
+                    self.now += st.nbytes()
+                    self.peak = max(self.peak, self.now)
+        return out
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 512), torch.nn.ReLU(),
+                                torch.nn.Linear(512, 10))
+    x, y = torch.randn(128, 784), torch.randint(0, 10, (128,))
+    return model, x, y
+
+
+def optimizer_section(rounds, steps=3):
+    from ..ode_optimizer import ODEOptimizer
+
+    model, x, y = _mlp()
+    n = sum(p.numel() for p in model.parameters())
+
+    def closure():
+        for p in model.parameters():
+            p.grad = None
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    opts = {m: ODEOptimizer(model.parameters(), "adamw", method=m, lr=1e-4)
+            for m in ("rk4", "dopri5")}
+    grad_t, step_t, nfe = [], {m: [] for m in opts}, {}
+    for r in range(rounds + 1):
+        t = time.perf_counter()
+        for _ in range(steps):
+            closure()
+        g = (time.perf_counter() - t) / steps
+        for m, opt in opts.items():
+            t = time.perf_counter()
+            k = 0
+            for _ in range(steps):
+                opt.step(closure)
+                k += opt.last_nfe
+            if r:
+                step_t[m].append((time.perf_counter() - t) / steps)
+            nfe[m] = k / steps
+        if r:
+            grad_t.append(g)
+    tg = statistics.median(grad_t)
+    state_bytes = {}
+    for m, opt in opts.items():
+        per_param = 0
+        for p in model.parameters():
+            st = opt.state[p]
+            per_param += p.numel() * p.element_size() + sum(
+                v.numel() * v.element_size() for v in st.values()
+                if isinstance(v, Tensor) and v.shape == p.shape)
+        state_bytes[m] = per_param
+    with PeakBytes() as base:
+        closure()
+    out = {}
+    for m, opt in opts.items():
+        with PeakBytes() as mem:
+            opt.step(closure)
+        extra = max(0, mem.peak - base.peak)
+        stages = {"rk4": 4, "dopri5": 7}[m]
+        ts = statistics.median(step_t[m])
+        ratio = ts / (nfe[m] * tg)
+        out[m] = (ts, nfe[m], ratio, extra / state_bytes[m])
+        print(f"ODEOptimizer adamw {m}: step {1e3 * ts:.2f} ms, nfe {nfe[m]:.1f}, one gradient "
+              f"{1e3 * tg:.2f} ms → step / (nfe × gradient) = {ratio:.3f} (target "
+              f"{1.2 if m == 'rk4' else 1.3}); extra peak memory {extra / 2**20:.1f} MiB = "
+              f"{extra / state_bytes[m]:.2f} × state ({state_bytes[m] / 2**20:.1f} MiB; target "
+              f"≤ {stages + 2})", flush=True)
+    print(f"MLP 784→512→512→10, {n} parameters, float32, batch 128, {torch.get_num_threads()} "
+          "thread(s)")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 6],
+                    help="log10 of the state sizes")
+    ap.add_argument("--skip-optimizer", action="store_true")
+    ap.add_argument("--skip-solve", action="store_true")
+    args = ap.parse_args(argv)
+    if not args.skip_solve:
+        solve_section(args.sizes, args.rounds)
+    if not args.skip_optimizer:
+        optimizer_section(args.rounds)
