@@ -10,7 +10,7 @@ broadcast along the rows. The rate expressions are then applied with the same fl
 operations as ``rates.*.euler_`` (``x.add_(a, alpha=c)`` ≡ ``x.addcmul_(a, c)``, ``x.addcmul_(a, b,
 value=c)`` ≡ ``x.addcmul_(c·a, b)``, …), so the discrete sweep equals the per-point
 ``run_discrete`` bit for bit (checked in the tests); the continuous sweep integrates one ODE of
-shape (P, size) with torchdiffeq.
+shape (P, size) with ``fluxode.engine.solve``.
 
 Per-row clocks and steps: a flow's scalar clocks (Adam's c₁ = 1 - β₁ᵏ, c₂) hold one value
 per row: in the discrete sweep a Column advanced by the per-point ``Clock`` arithmetic, in the
@@ -21,11 +21,12 @@ runs row j as ``run_discrete(discrete_flow(flow_j, h_j), …)``: h and τ = k·h
 is frozen once it has taken them; the result's ``times`` are then per row, (P, K).
 
 Limits of the design (the flows read some values as Python scalars):
-- Branches on a hyperparameter (``if momentum``, ``amsgrad``, Adam's β₁ > β₂ test in the
-  continuous field) must agree across the points, and so must a value a flow reads as one
-  number (NAdam's momentum schedule at τ = k·h_j under an h sweep; a clock that Adamax or
-  RAdam read as a float, under a betas sweep). Otherwise ``NotUniform`` says which: sweep
-  that hyperparameter in separate calls.
+- A flow that reads its clocks as numbers (RAdam, Adamax, NAdam under a betas sweep) or whose
+  rates have no per-row step (NAG, NAdam under an h sweep) refuses the one batch; it then runs
+  one batch per group of points with equal clock rates and h (``stats["batches"]``).
+- Inside a batch, branches on a hyperparameter (``if momentum``, ``weight_decay != 0``,
+  ``amsgrad``) must agree across the points, and so must a value the flow reads as one
+  number. Otherwise ``NotUniform`` says which: sweep that hyperparameter in separate calls.
 - The continuous sweep with an adaptive method controls the error of all points together
   (max over points of each point's RMS norm): same tolerance, different steps than per point.
 """
@@ -428,10 +429,10 @@ def _steps_per_row(steps, T, hs: list[float]) -> list[int]:
 
 
 def _clock_columns(flow: Flow, S: dict, P: int) -> dict:
-    """S with each scalar clock as a Column of P per-row values (all its start value)."""
-    for v in flow.variables():
-        if v.is_clock:
-            S[v.name] = Column([float(S[v.name])] * P)
+    """S with each clock that follows a ``Clock`` rate as a Column of P per-row values (all its
+    start value); other scalar states stay one number for the batch."""
+    for name in flow.clock_rates():
+        S[name] = Column([float(S[name])] * P)
     return S
 
 
@@ -474,21 +475,43 @@ def _result(flow_name, problem, points, times, W, stats) -> SweepResult:
 
 
 def _batched(fn):
-    """Run a batched kernel, turning a hyperparameter the flow cannot batch into a ValueError."""
+    """Run a batched kernel, turning a hyperparameter the flow cannot batch into NotUniform."""
     try:
         return fn()
-    except NotUniform:
-        raise
     except TypeError as err:
         if "Column" not in str(err):
             raise
-        raise ValueError(f"a swept hyperparameter reaches an operation that needs one number "
+        raise NotUniform(f"a swept hyperparameter reaches an operation that needs one number "
                          f"({err}); sweep it in separate calls") from None
-    except RuntimeError as err:
-        if "converted to Scalar" not in str(err):
+    except (ValueError, RuntimeError) as err:
+        if isinstance(err, NotUniform) or "converted to" not in str(err):
             raise
-        raise NotUniform(f"the flow reads a per-row clock as one number ({err}): sweep the "
-                         "hyperparameters its clock rates depend on in separate calls") from None
+        raise NotUniform(f"the flow reads a state that differs across the points as one number "
+                         f"({err}); sweep the hyperparameters it depends on in separate "
+                         "calls") from None
+
+
+def _in_batches(run, keys: list, P: int, first_fails=None):
+    """``run(rows)`` on all P rows at once; where the flow refuses that (``first_fails()``
+    true, or the batched run raises), once per group of rows with equal ``keys`` (their clock
+    rates, and h: per-row values a flow may be unable to take as columns), where an error is
+    the run's own. Returns (results by group, groups)."""
+    rows = list(range(P))
+    groups: dict = {}
+    for j, k in enumerate(keys):
+        groups.setdefault(k, []).append(j)
+    if len(groups) > 1 and first_fails is not None and first_fails():
+        return [_batched(lambda g=g: run(g)) for g in groups.values()], list(groups.values())
+    try:
+        return [_batched(lambda: run(rows))], [rows]
+    except Exception:
+        if len(groups) == 1:
+            raise
+    return [_batched(lambda g=g: run(g)) for g in groups.values()], list(groups.values())
+
+
+def _clock_key(flow: Flow) -> tuple:
+    return tuple(sorted(flow.clock_rates().items()))
 
 
 def sweep_discrete(flow_name: str, problem, grid: dict, steps: int | None = None,
@@ -526,20 +549,28 @@ def sweep_discrete(flow_name: str, problem, grid: dict, steps: int | None = None
     keep = [k for k in range(0, K + 1, every)] + ([K] if K % every else [])
     P = len(points)
     start = time.perf_counter()
-    flow = batched_flow(flows)
-    if hs is not None:
-        flow, h = _per_row_eta(flow, flows), Column(hs)
-    stepper = _euler_step_ if min(counts) == K else _frozen_after(counts)
 
-    def run():
-        S, g, _ = engine.start(flow, oracle, W0.expand(P, -1).clone(), clip=_clip_rows)
-        _, traj = engine.run(flow, oracle, _clock_columns(flow, S, P), K, h=h, every=every,
-                             first=(g, None), stepper=stepper, clip=_clip_rows)
+    def run(rows):
+        sub = [flows[j] for j in rows]
+        flow, hh = batched_flow(sub), h
+        if hs is not None and len({hs[j] for j in rows}) > 1:
+            flow, hh = _per_row_eta(flow, sub), Column([hs[j] for j in rows])
+        elif hs is not None:
+            hh = hs[rows[0]]
+        n = [counts[j] for j in rows]
+        stepper = _euler_step_ if min(n) == K else _frozen_after(n)
+        S, g, _ = engine.start(flow, oracle, W0.expand(len(rows), -1).clone(), clip=_clip_rows)
+        _, traj = engine.run(flow, oracle, _clock_columns(flow, S, len(rows)), K, h=hh,
+                             every=every, first=(g, None), stepper=stepper, clip=_clip_rows)
         return torch.stack(traj, 1)
 
-    W = _batched(run)
+    parts, groups = _in_batches(run, [(_clock_key(f), hj) for f, hj in
+                                      zip(flows, hs or [h] * P)], P)
+    W = torch.empty(P, len(keep), W0.numel(), dtype=W0.dtype, device=W0.device)
+    for rows, part in zip(groups, parts):
+        W[rows] = part
     stats = {"kind": "discrete", "h": hs or h, "steps": counts if hs else K,
-             "wall_time_s": time.perf_counter() - start}
+             "batches": len(groups), "wall_time_s": time.perf_counter() - start}
     if hs is None:
         times = torch.tensor(keep, dtype=torch.float64) * h
     else:
@@ -593,12 +624,11 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
                  W0.element_size())
     slices = layout.slices
     start = time.perf_counter()
-    flow = batched_flow(flows)
-    scalars = {v.name for v in flow.variables() if v.shape == "scalar"}
+    scalars = {v.name for v in flows[0].variables() if v.shape == "scalar"}
 
     def views(y):
         """The state at y: a scalar (clock) is one number while the rows agree on it, else a
-        (P, 1) column (per-row clocks, e.g. Adam with different betas)."""
+        (R, 1) column (per-row clocks, e.g. Adam with different betas)."""
         S = {}
         for n, sl in slices.items():
             x = y[:, sl]
@@ -609,34 +639,60 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
         out[:, slices[n]] = r.tensor(out) if isinstance(r, Column) else \
             r.reshape(-1, 1) if n in scalars else r
 
-    def rhs(tau, y):  # y: the (P, size) state, or its flat view
-        S = views(y.view(P, -1))
-        g, _ = engine.evaluate(flow, oracle, S["W"], tau, clip=_clip_rows)
-        out = torch.empty(P, layout.size, dtype=y.dtype, device=y.device)
-        for n, r in vector_field(flow, tau, S, g).items():
-            put(out, n, r)
-        return out.view_as(y)
+    def system(rows):
+        """(rhs, y0): the rows' ODE, state (R, size) (or its flat view, as the solver keeps it)."""
+        flow, R = batched_flow([flows[j] for j in rows]), len(rows)
 
-    def run():
-        S0, _, _ = engine.start(flow, oracle, W0.expand(P, -1).clone(), clip=_clip_rows)
-        y0 = torch.empty(P, layout.size, dtype=W0.dtype, device=W0.device)
+        def rhs(tau, y):
+            S = views(y.view(R, -1))
+            g, _ = engine.evaluate(flow, oracle, S["W"], tau, clip=_clip_rows)
+            out = torch.empty(R, layout.size, dtype=y.dtype, device=y.device)
+            for n, r in vector_field(flow, tau, S, g).items():
+                put(out, n, r)
+            return out.view_as(y)
+
+        S0, _, _ = engine.start(flow, oracle, W0.expand(R, -1).clone(), clip=_clip_rows)
+        y0 = torch.empty(R, layout.size, dtype=W0.dtype, device=W0.device)
         for n in slices:
             put(y0, n, S0[n])
+        return rhs, y0
+
+    def per_row_clocks_fail() -> bool:
+        """Whether the field refuses clocks that differ across the rows (probed once, at the
+        start state with the clocks set to distinct values in (0, 1))."""
+        rhs, y = system(list(range(P)))
+        for n in scalars:
+            y[:, slices[n]] = torch.linspace(0.25, 0.75, P, dtype=y.dtype).unsqueeze(1)
+        try:
+            rhs(0.0, y)
+        except Exception:  # noqa: BLE001 - any refusal: the rows are run per clock group
+            return True
+        return False
+
+    def run(rows):
+        rhs, y0 = system(rows)
         kw = {"step_size": step_size} if method in engine.FIXED else {"options": {
-            "norm": lambda e: e.reshape(P, -1).pow(2).mean(1).sqrt().max()}}
+            "norm": lambda e: e.reshape(len(rows), -1).pow(2).mean(1).sqrt().max()}}
         try:
             sol, st = engine.solve(rhs, y0, t, method=method, rtol=rtol, atol=atol,
                                    max_steps=max_steps, check_finite=False, **kw)
         except engine.IntegrationError as err:
+            who = [points[j] for j in rows]
             raise engine.IntegrationError(
-                f"continuous sweep of {P} point(s) {points[:4]}{' ...' if P > 4 else ''} "
-                f"stopped: {err} (a stiff point slows the whole batch: sweep it separately, "
-                "lower its lr, or use a fixed-step method)") from None
+                f"continuous sweep of {len(who)} point(s) {who[:4]}"
+                f"{' ...' if len(who) > 4 else ''} stopped: {err} (a stiff point slows the "
+                "whole batch: sweep it separately, lower its lr, or use a fixed-step "
+                "method)") from None
         sol = sol if times[0] == 0 else sol[1:]
         return sol[:, :, slices["W"]].transpose(0, 1), st["nfe"]
 
-    W, nfe = _batched(run)
-    stats = {"kind": "continuous", "method": method, "nfe": nfe,
+    parts, groups = _in_batches(run, [_clock_key(f) for f in flows], P,
+                                first_fails=per_row_clocks_fail)
+    W = torch.empty(P, len(times), W0.numel(), dtype=W0.dtype, device=W0.device)
+    for rows, (part, _) in zip(groups, parts):
+        W[rows] = part
+    nfe = sum(n for _, n in parts)
+    stats = {"kind": "continuous", "method": method, "nfe": nfe, "batches": len(groups),
              "wall_time_s": time.perf_counter() - start}
     if not torch.isfinite(W).all():
         bad = [points[i] for i in range(len(points)) if not torch.isfinite(W[i]).all()]

@@ -44,6 +44,7 @@ def test_discrete_sweep_equals_run_discrete_bit_for_bit(flow, problem, grid, fix
         _, Ws = run_discrete(make_flow(flow, **fixed, **p), prob.grad, prob.x0(), 25, h=h)
         assert torch.equal(res.W[i], Ws), p
     assert len({tuple(r[-1].tolist()) for r in res.W}) == len(points)  # points really differ
+    assert res.stats["batches"] == 1  # betas too: per-row clocks
 
 
 def test_swept_clipping_and_model_problems_agree_to_float64_rounding():
@@ -92,9 +93,9 @@ def test_h_sweep_rows_equal_their_own_discrete_flow_bit_for_bit(flow, grid, fixe
     ("rmsprop", {"lr": [1e-2, 3e-2], "alpha": [0.9, 0.99]}, "midpoint")])
 def test_continuous_sweep_fixed_step_equals_integrate_bit_for_bit(flow, grid, method):
     prob = make_problem("ravine")
-    res = SW.sweep_continuous(flow, prob, grid, T=8.0, method=method, step_size=0.25)
+    res = SW.sweep_continuous(flow, prob, grid, T=4.0, method=method, step_size=0.25)
     for i, p in enumerate(SW.grid_points(grid)):
-        ref = integrate(make_flow(flow, **p), prob, T=8.0, method=method, step_size=0.25)
+        ref = integrate(make_flow(flow, **p), prob, T=4.0, method=method, step_size=0.25)
         assert torch.equal(res.W[i], ref.W), p
         assert torch.equal(res.times, ref.times)
 
@@ -175,13 +176,32 @@ def test_bad_inputs_are_refused():
         SW.sweep_continuous("sgd", "ravine", {"h": [0.5, 1.0]}, T=1.0)
 
 
-def test_what_cannot_batch_says_so():
-    """A branch on a swept value (Adam's β₁ > β₂ test in the continuous field) or a value the
-    flow reads as one float (NAdam's momentum schedule at τ = k·h_j) is refused, named."""
-    with pytest.raises(SW.NotUniform, match="gt differs across the points"):
-        SW.sweep_continuous("adam", "ravine", {"betas": [(0.9, 0.999), (0.99, 0.9)]}, T=1.0)
-    with pytest.raises(SW.NotUniform, match="read as one float differs"):
-        SW.sweep_discrete("nadam", "ravine", {"h": [1.0, 0.5]}, T=2.0)
+def test_flows_that_refuse_one_batch_run_per_group_and_the_rest_says_so():
+    """RAdam reads its clocks as numbers (betas) and NAdam's rates have no per-row step (h):
+    one batch per group of equal clock rates and h, each row still its own run bit for bit.
+    A branch on a swept value inside a group (SGD's weight_decay != 0) is refused, named."""
+    prob = make_problem("rosenbrock")
+    grid = {"lr": [1e-2, 3e-2], "betas": [(0.9, 0.999), (0.8, 0.99)]}
+    res = SW.sweep_discrete("radam", prob, grid, steps=8)
+    assert res.stats["batches"] == 2
+    for i, p in enumerate(SW.grid_points(grid)):
+        assert torch.equal(res.W[i], run_discrete(make_flow("radam", **p), prob.grad,
+                                                  prob.x0(), 8)[1]), p
+    res = SW.sweep_continuous("adamax", prob, grid, T=1.0, method="rk4", step_size=0.25)
+    assert res.stats["batches"] == 2
+    for i, p in enumerate(SW.grid_points(grid)):
+        ref = integrate(make_flow("adamax", **p), prob, T=1.0, method="rk4", step_size=0.25)
+        assert torch.equal(res.W[i], ref.W), p
+    res = SW.sweep_discrete("nadam", prob, {"h": [1.0, 0.5]}, T=2.0)
+    assert res.stats["batches"] == 2
+    for i, hj in enumerate([1.0, 0.5]):
+        Ws = run_discrete(discrete_flow(make_flow("nadam"), hj), prob.grad, prob.x0(),
+                          round(2.0 / hj))[1]
+        assert torch.equal(res.W[i, :len(Ws)], Ws)
+    with pytest.raises(SW.NotUniform, match="ne differs across the points"):
+        SW.sweep_discrete("sgd", "ravine", {"weight_decay": [0.0, 0.01]}, steps=3)
+    with pytest.raises(SW.NotUniform, match="ne differs across the points"):
+        SW.sweep_continuous("sgd", "ravine", {"weight_decay": [0.0, 0.01]}, T=1.0)
 
 
 def test_demo_sweep_writes_its_outputs(tmp_path):
