@@ -214,20 +214,6 @@ def _at_step(h, unit, general):
     return Column(values)
 
 
-def _per_h(fn, h, *args):
-    """``fn(h, *args)`` per Column h: once for each distinct h_j on the Column args' rows that
-    share it (h, and τ = k·h_j, are then plain numbers), the results put back in row order."""
-    if not isinstance(h, Column):
-        return fn(h, *args)
-    out = [None] * len(h)
-    for hj, rows in h.rows_of().items():
-        sub = fn(hj, *(Column._of(map(a.values.__getitem__, rows)) if isinstance(a, Column)
-                       else a for a in args))
-        for i, j in enumerate(rows):
-            out[j] = sub.values[i] if isinstance(sub, Column) else sub
-    return Column(out)
-
-
 def _rows(fn, *args):
     """``fn`` per point on the row values of ``args`` (Columns or plain values): a Column, or
     ``fn(*args)`` itself when no argument is a Column."""
@@ -246,11 +232,21 @@ class _Cell:
         self.value = value
 
 
-def _clock_value(h, keep, tau):
-    """The clock at τ + h by the per-point arithmetic (``Clock.euler_``); τ one number."""
-    cell = _Cell()
-    Clock(keep, float(tau)).euler_(cell, h)
-    return cell.value
+def _clock_rows(rate: Clock, h: Column) -> Column:
+    """The clock's new Column under a Column h: the per-point ``Clock.euler_`` once per distinct
+    h_j (where τ = k·h_j is one number) on the keeps of the rows that share it."""
+    out = [0.0] * len(h)
+    for hj, rows in h.rows_of().items():
+        keep = Column._of(map(rate.keep.values.__getitem__, rows)) \
+            if isinstance(rate.keep, Column) else rate.keep
+        tau = rate.tau.values[rows[0]] if isinstance(rate.tau, Column) else rate.tau
+        cell = _Cell()
+        Clock(keep, tau).euler_(cell, hj)
+        values = cell.value.values if isinstance(cell.value, Column) else \
+            itertools.repeat(cell.value)
+        for j, v in zip(rows, values):
+            out[j] = v
+    return Column._of(out)
 
 
 def _per_row_eta(bf: Flow, flows: list[Flow]) -> Flow:
@@ -295,12 +291,12 @@ def _euler_(rate, x, h):
     """``rate.euler_(x, h)`` with Column coefficients (and a Column h: one step per row) as
     (P, 1) tensors, same operations per row; returns x, or a clock's new Column."""
     if isinstance(rate, Clock):  # x: the clock's Column (``_clock_columns``)
-        if not (isinstance(h, Column) or isinstance(rate.tau, Column)):
+        if not isinstance(h, Column):
             cell = _Cell()
             rate.euler_(cell, h)  # the per-point arithmetic (Column keep: Column arithmetic)
             c = cell.value
             return c if isinstance(c, Column) else Column([c] * len(x))
-        c = _per_h(_clock_value, h, rate.keep, rate.tau)  # one clock per row
+        c = _clock_rows(rate, h)
         report = getattr(rate, "report", None)  # a later block may use the new value
         if report is not None:
             report(c)
