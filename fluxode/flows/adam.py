@@ -85,9 +85,8 @@ class Adam(Flow):
             return None
         c1 = S["c1"]
         if isinstance(c1, Tensor):
-            on = c1 > 0
-            floor = S["m"].square().mul_((1 - b2) / ((1 - b1) * torch.where(on, c1.double(), 1.0)))
-            return torch.where(on, floor, 0.0)  # exactly 0 at c₁ = 0, also where m is NaN
+            floor = S["m"].square().mul_((1 - b2) / ((1 - b1) * c1.double()))
+            return torch.where(c1 > 0, floor, 0.0)  # 0 at c₁ = 0 (not inf·m², NaN·0)
         c1 = float(c1)
         if c1 <= 0:
             return None
