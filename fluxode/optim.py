@@ -494,8 +494,8 @@ class _Plan:
             off = 0
             for p, st in zip(ps, sts):
                 x = p.detach() if var is None else st[self.opt._key(flow, var)]
-                view.view(-1)[off:off + p.numel()].copy_(x.reshape(-1))
-                off += p.numel()
+                view.view(-1)[off:off + x.numel()].copy_(x.reshape(-1))  # rows/cols: own size
+                off += x.numel()
 
     def _unit_grads(self, flow: Flow, units, bufs, grads: dict) -> list[Tensor]:
         out = []
