@@ -159,7 +159,7 @@ def test_sweep_code_runs_interpreted():
 def _signature(fn, args, kwargs):
     """Triton signature/constexprs of a recorded launch (tensors → typed pointers)."""
     names = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-             torch.int64: "i64", torch.int32: "i32"}
+             torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32"}
     sig, const = {}, {}
     params = fn.params
     for p, v in zip(params, list(args) + [kwargs.get(p.name) for p in params[len(args):]]):

@@ -167,16 +167,15 @@ def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: tor
 
     with m/c1 -> g and v/c2 -> g^2 at c1 = c2 = 0 (tau = 0). ``c1``, ``c2`` are scalars:
     floats (checked to lie in [0, 1]; dc1, dc2 come back as floats) or one-element tensors,
-    which the CPU path keeps on the device (no host read; dc1, dc2 come back as 0-d
-    tensors) and the Triton kernel reads as numbers. dW, dm, dv are in the state dtype
+    kept on the device (no host read; dc1, dc2 come back as 0-d tensors; the Triton kernel
+    loads them itself). dW, dm, dv are in the state dtype
     (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
     """
     b1, b2 = check.betas(tuple(betas))
     lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
     wd = check.at_least("weight_decay", weight_decay, 0.0)
     impl = _impl(W, backend)
-    on_device = impl.adam_field is reference.adam_field  # takes 0-d tensor clocks as they are
-    c1, c2 = as_scalar("c1", c1, on_device), as_scalar("c2", c2, on_device)
+    c1, c2 = as_scalar("c1", c1, True), as_scalar("c2", c2, True)
     check_buffers(W, [("m", m), ("v", v), ("g", g)])
     if out is not None:
         if len(out) != 3:

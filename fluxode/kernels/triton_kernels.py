@@ -228,23 +228,38 @@ def _rmsprop_kernel(W, G, S, A, B, n, wd, alpha, one_minus_alpha, lerp_coeff, ep
 
 
 @triton.jit
-def _adam_field_kernel(W, M, V, G, DW, DM, DV, n, wd, one_minus_b1, one_minus_b2, floor_coef,
-                       coef, sqrt_c2, eps, lam_lr, HAS_WD: tl.constexpr,
-                       DECOUPLED: tl.constexpr, MAXIMIZE: tl.constexpr, C_ZERO: tl.constexpr,
-                       HAS_FLOOR: tl.constexpr, O_KIND: tl.constexpr, BLOCK: tl.constexpr):
+def _adam_field_kernel(W, M, V, G, DW, DM, DV, C1, C2, K, n, wd, one_minus_b1, one_minus_b2,
+                       eps, lam_lr, HAS_WD: tl.constexpr, DECOUPLED: tl.constexpr,
+                       MAXIMIZE: tl.constexpr, FLOOR_BETAS: tl.constexpr, O_KIND: tl.constexpr,
+                       BLOCK: tl.constexpr):
     """The Adam flow's field in the core's op order (``fluxode.flows.adam``), at the
-    admissible state v ← max(v, floor) (NaN propagates, as torch.maximum/clamp do)."""
+    admissible state v ← max(v, floor) (NaN propagates, as torch.maximum/clamp do).
+
+    The clocks c₁, c₂ are read from the device (C1, C2: 0-d tensors) and the coefficients
+    computed from them in float64, as the host computes them, then rounded to float32 once
+    (K: float64 [lr, 1-β₁, 1-β₂]): -(lr/c₁), √c₂ and the floor (1-β₂)/((1-β₁)c₁) (when
+    β₁ ≤ β₂, c₁ > 0); at c₁ = 0 or c₂ = 0 (τ = 0) the limits m/c₁ → g, √(v/c₂) → |g|. No
+    host read of the clocks, no recompilation as they change."""
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
+    c1 = tl.load(C1).to(tl.float64)
+    c2 = tl.load(C2).to(tl.float64)
+    lr = tl.load(K)
+    zero = (c1 == 0.0) | (c2 == 0.0)
+    c1s = tl.where(zero, 1.0, c1)
+    coef = tl.where(zero, -lr, -(lr / c1s)).to(tl.float32)
+    sqrt_c2 = tl.where(zero, 1.0, tl.sqrt(tl.where(zero, 1.0, c2))).to(tl.float32)
+    floor_on = c1 > 0.0
+    if not FLOOR_BETAS:  # β₁ > β₂: no floor
+        floor_on = floor_on & (c1 < 0.0)
+    floor_coef = (tl.load(K + 2) / (tl.load(K + 1) * tl.where(floor_on, c1, 1.0))).to(tl.float32)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
     m = tl.load(M + offs, mask=mask, other=0.0).to(tl.float32)
     v = tl.load(V + offs, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(G + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_FLOOR:
-        v = tl.maximum(v, (m * m) * floor_coef, propagate_nan=tl.PropagateNan.ALL)
-    else:
-        v = tl.maximum(v, 0.0, propagate_nan=tl.PropagateNan.ALL)
+    v = tl.maximum(v, tl.where(floor_on, (m * m) * floor_coef, 0.0),
+                   propagate_nan=tl.PropagateNan.ALL)
     if MAXIMIZE:
         g = -g
     if HAS_WD:
@@ -252,10 +267,8 @@ def _adam_field_kernel(W, M, V, G, DW, DM, DV, n, wd, one_minus_b1, one_minus_b2
             g = tl.fma(w, wd, g)
     _store(DM + offs, (g - m) * one_minus_b1, mask, O_KIND)
     _store(DV + offs, (g * g) * one_minus_b2 - v * one_minus_b2, mask, O_KIND)
-    if C_ZERO:
-        dw = tl.div_rn(g * coef, tl.abs(g) + eps)
-    else:
-        dw = tl.div_rn(m * coef, _adam_denom(v, sqrt_c2, eps))
+    dw = tl.where(zero, tl.div_rn(g * coef, tl.abs(g) + eps),
+                  tl.div_rn(m * coef, _adam_denom(v, sqrt_c2, eps)))
     if HAS_WD:
         if DECOUPLED:
             dw = dw - w * lam_lr
@@ -413,18 +426,33 @@ def adam_field(w, m, v, c1, c2, g, *, lr, beta1, beta2, eps, weight_decay, decou
     if dm.dtype != dw.dtype or dv.dtype != dw.dtype:
         raise ValueError("the field's out buffers must share one dtype")
     n = w.numel()
-    zero = c1 == 0 or c2 == 0
-    floor = not (beta1 > beta2 or c1 <= 0)
+    C1, C2 = (c if isinstance(c, torch.Tensor) else torch.tensor(c, dtype=torch.float64,
+                                                                 device=w.device)
+              for c in (c1, c2))
     if n:
         _adam_field_kernel[_grid(n, block)](
-            w, m, v, g, dw, dm, dv, n, _f32(weight_decay), _f32(1 - beta1), _f32(1 - beta2),
-            _f32((1 - beta2) / ((1 - beta1) * c1)) if floor else 0.0,
-            _f32(-lr) if zero else _f32(-(lr / c1)), 1.0 if zero else _f32(c2 ** 0.5),
-            _f32(eps), _f32(lr * weight_decay),
+            w, m, v, g, dw, dm, dv, C1, C2, _constants(w.device, lr, beta1, beta2), n,
+            _f32(weight_decay), _f32(1 - beta1), _f32(1 - beta2), _f32(eps),
+            _f32(lr * weight_decay),
             HAS_WD=weight_decay != 0, DECOUPLED=bool(decoupled), MAXIMIZE=bool(maximize),
-            C_ZERO=zero, HAS_FLOOR=floor, O_KIND=ok, BLOCK=block, num_warps=num_warps,
+            FLOOR_BETAS=not beta1 > beta2, O_KIND=ok, BLOCK=block, num_warps=num_warps,
             enable_fp_fusion=False)
     return dw, dm, dv, (1 - c1) * (1 - beta1), (1 - c2) * (1 - beta2)
+
+
+_CONSTANTS: OrderedDict = OrderedDict()
+
+
+def _constants(device, lr: float, beta1: float, beta2: float) -> torch.Tensor:
+    """float64 [lr, 1-β₁, 1-β₂] on the device (cached: copied there once per value)."""
+    key = (str(device), lr, beta1, beta2)
+    t = _CONSTANTS.get(key)
+    if t is None:
+        t = _CONSTANTS[key] = torch.tensor([lr, 1 - beta1, 1 - beta2], dtype=torch.float64,
+                                           device=device)
+        if len(_CONSTANTS) > TABLE_CACHE_SIZE:
+            _CONSTANTS.popitem(last=False)
+    return t
 
 
 _TABLE_CACHE: OrderedDict = OrderedDict()
