@@ -19,7 +19,10 @@ State. Per parameter, as torch keeps it: ``step`` and each of the flow's state v
 its declared shape (``flows.base.Var``), initialised by the flow (any value, possibly from the
 first effective gradient); exact float64 scalars (bias-correction clocks) are kept as Python
 floats, so a state-dict round trip does not round them. A parameter without a gradient is
-skipped for the step in both modes, as torch does (its step count and state stay put). For a
+skipped for the step in both modes, as torch does (its step count and state stay put). The
+discrete step keeps each group's bookkeeping between steps (``_Book``): the step counts as
+Python numbers (torch's ``step`` tensors are views of one buffer, advanced by one add), so a
+step reads nothing back from the device. For a
 solver the states are packed into one flat buffer (``fluxode.engine.Layout``): the parameters
 of an elementwise flow that share a step count are one flat unit; other flows keep one unit
 per tensor.
