@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from fluxode import sharpness as Sh
-from fluxode.central import (GDCentralFlow, RMSpropCentralFlow, central_flow, solve_lcp,
-                             time_average)
+from fluxode.central import (
+    GDCentralFlow,
+    RMSpropCentralFlow,
+    central_flow,
+    compare,
+    eos_onset,
+    solve_sdcp,
+    time_average,
+)
 from fluxode.flows import make_flow
 
 
@@ -65,7 +72,7 @@ def test_preconditioned_sharpness_is_the_top_eigenvalue_of_PH():
     W = p.x0()
     P = torch.rand(p.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
     lam, _ = Sh.sharpness(p.loss, W, iters=80, precond=P)
-    H = p.hessian(W)
+    H = torch.autograd.functional.hessian(p.loss, W, vectorize=True)
     dense = torch.linalg.eigvals(torch.diag(P) @ H).real.max()
     assert lam == pytest.approx(float(dense), rel=1e-8)
 
@@ -95,24 +102,38 @@ def test_flows_state_their_preconditioner():
     assert make_flow("sgd").preconditioner(S) is None
 
 
-# --- the complementarity problem ---------------------------------------------------------------
-def test_solve_lcp_solves_small_complementarity_problems():
-    M = np.array([[2.0, 0.5], [0.5, 1.0]])
-    for c in ([-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-3.0, 2.0]):
-        c = np.array(c)
-        x = solve_lcp(M, c)
-        w = M @ x + c
-        assert (x >= 0).all() and (w >= -1e-12).all() and abs(x @ w) < 1e-12
+# --- the semidefinite complementarity problem -------------------------------------------------
+def test_solve_sdcp_solves_random_semidefinite_complementarity_problems():
+    rng = np.random.default_rng(0)
+    k = 3
+    for trial in range(5):
+        V = rng.normal(size=(k, k, 8))
+        V = V + V.transpose(1, 0, 2)                       # Eᵢⱼ = Eⱼᵢ
+        B = np.einsum("ijn,kln->ijkl", V, V)               # self-adjoint, PSD
+        a = rng.normal(size=(k, k))
+        a = a + a.T
+        X, res = solve_sdcp(a, B)
+        Y = a + np.einsum("ijkl,kl->ij", B, X)
+        assert res < 1e-10
+        assert np.linalg.eigvalsh(X).min() > -1e-10 and np.linalg.eigvalsh(Y).min() > -1e-8
+        assert abs(np.sum(X * Y)) < 1e-8 * (1 + np.abs(a).max())
+    X, _ = solve_sdcp(np.array([[-2.0]]), np.array([[[[4.0]]]]))
+    assert X[0, 0] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="self-adjoint"):
+        solve_sdcp(np.zeros((2, 2)), rng.normal(size=(2, 2, 2, 2)))
 
 
 # --- GD central flow: closed forms on the valley -------------------------------------------
-def test_gd_central_flow_at_the_edge_has_the_closed_form_sigma2_and_stands_still():
+@pytest.mark.parametrize("k", [1, 2])
+def test_gd_central_flow_at_the_edge_has_the_closed_form_sigma2_and_stands_still(k):
     lr, c = 0.5, 0.05
-    cf = GDCentralFlow(lr)
+    cf = GDCentralFlow(lr, k=k)
     W = torch.tensor([0.0, 2 / lr - 1], dtype=torch.float64)  # S = 1 + y = 2/η
     pt = cf.point(Valley(c), W)
     assert pt.eig.values[0] == pytest.approx(2 / lr, abs=1e-10) and pt.eig.converged
-    assert pt.sigma2[0] == pytest.approx(2 * c, rel=1e-10)  # max(0, -2⟨∇S,∇L⟩/‖∇S‖²)
+    want = np.zeros((k, k))
+    want[0, 0] = 2 * c  # max(0, -2⟨∇S,∇L⟩/‖∇S‖²); the flat direction (λ = 0) stays off
+    assert pt.X == pytest.approx(want, abs=1e-10)
     assert float(pt.dstate.norm()) < 1e-10
     assert pt.predicted_loss == pytest.approx(-c * (2 / lr - 1) + 0.5 * 2 * c * 2 / lr)
     below = cf.point(Valley(c), torch.tensor([0.0, 1.0], dtype=torch.float64))
@@ -120,30 +141,60 @@ def test_gd_central_flow_at_the_edge_has_the_closed_form_sigma2_and_stands_still
                                                                               dtype=torch.float64))
 
 
-def test_the_constraint_relaxes_at_rate_kappa_finite_differences():
-    """Wherever σ² > 0, dSᵢ/dτ = -κ(Sᵢ - 2/η) along the field (S from a fresh eigensolve)."""
+def _projected_rate(cf, p, y, dy, U, d=1e-5):
+    """dM/dτ by central differences, M(y) = Uᵀ P(y)^{1/2} H(w) P(y)^{1/2} U with U fixed."""
+    def M(yy):
+        op = Sh.hvp_operator(p.loss, yy[:p.dim], cf.preconditioner(yy))
+        return torch.stack([op(U[:, j]) for j in range(U.shape[1])], 1).T @ U
+
+    return ((M(y + d * dy) - M(y - d * dy)) / (2 * d)).numpy()
+
+
+@pytest.mark.parametrize("optimizer, k", [("gd", 3), ("rmsprop", 1)])
+def test_the_field_solves_the_complementarity_problem_finite_differences(optimizer, k):
+    """At a state whose top (preconditioned) eigenvalue sits at 2/η: the field's X and
+    Y = κ(2/η − M) − dM/dτ, dM/dτ by finite differences of the projected (preconditioned)
+    Hessian M = UᵀP^{1/2}HP^{1/2}U (U fixed) along the field, satisfy X ⪰ 0, Y ⪰ 0,
+    ⟨X, Y⟩ = 0 (GD with 3 tracked eigenvalues: the matrix SDCP; RMSprop with one, where its
+    v-terms, taken at λ = 2/η, are exact: the eigenvalue stops rising)."""
     p = Sh.tanh_mlp(n=30, hidden=8, out_scale=1.0)
     W = p.x0()
-    S0 = Sh.sharpness(p.loss, W, iters=80)[0]
-    for cf, y in [(GDCentralFlow(2 / (0.98 * S0), kappa=0.7, lanczos_tol=1e-10), W),
-                  (None, None)]:
-        if cf is None:
-            g = p.grad(W)
-            v = g * g + 1e-4
-            P = 1 / (v.sqrt() + 1e-8)
-            Sp = Sh.sharpness(p.loss, W, iters=80, precond=P)[0]
-            cf = RMSpropCentralFlow(2 / (0.98 * Sp), alpha=0.9, kappa=0.7, lanczos_tol=1e-10)
-            y = torch.cat([W, v])
-        pt = cf.point(p, y)
-        assert pt.sigma2[0] > 0
-        d = 1e-5
+    if optimizer == "gd":
+        y, P = W, None
+    else:
+        g = p.grad(W)
+        v = g * g + 1e-4
+        y, P = torch.cat([W, v]), 1 / (v.sqrt() + 1e-8)
+    S0 = Sh.top_eigenpairs(p.loss, W, precond=P, iters=100, tol=1e-12).values[0]
+    kw = {} if optimizer == "gd" else {"alpha": 0.9}
+    cf = central_flow(optimizer, 2 / S0, k=k, kappa=0.7, lanczos_tol=1e-11, **kw)
+    pt = cf.point(p, y)
+    assert pt.eig.converged and pt.sdcp_residual < 1e-10 and pt.X[0, 0] > 0
+    rate = _projected_rate(cf, p, y, pt.dstate, pt.eig.vectors)
+    lam = np.array(pt.eig.values)
+    Y = 0.7 * np.diag(cf.threshold - lam) - 0.5 * (rate + rate.T)
+    plain = _projected_rate(cf, p, y, cf.plain_field(p, y), pt.eig.vectors)
+    scale = np.abs(plain).max()  # how fast the unconstrained flow moves M
+    assert np.linalg.eigvalsh(pt.X).min() > -1e-12
+    assert np.linalg.eigvalsh(Y).min() > -1e-6 * scale
+    assert abs(np.sum(pt.X * Y)) < 1e-6 * scale * np.abs(pt.X).max()
 
-        def S(yy):
-            return Sh.top_eigenpairs(p.loss, yy[:p.dim], precond=cf.preconditioner(yy),
-                                     iters=100, tol=1e-11).values[0]
 
-        rate = (S(y + d * pt.dstate) - S(y - d * pt.dstate)) / (2 * d)
-        assert rate == pytest.approx(-0.7 * (pt.eig.values[0] - cf.threshold), rel=1e-4)
+def test_eos_onset_finds_the_crossing_and_the_self_stabilization():
+    """GD at η = 0.5 on the tanh MLP: S crosses 2/η, overshoots while the unstable mode grows
+    from ~0, and is pushed back; the onset is where the overshoot has halved."""
+    p = Sh.tanh_mlp()
+    cf = GDCentralFlow(0.5)
+    disc = cf.discrete(p, p.x0(), 180)
+    r = eos_onset(cf, p, disc, every=4)
+    S, at, thr = np.array(r["sharpness"]), r["steps"], cf.threshold
+    c, o = at.index(r["crossing"]), at.index(r["onset"])
+    assert S[c] >= thr > S[c - 1] and o > c
+    over = S[c:o + 1] - thr
+    assert over.max() > 0.2 * thr                  # GD overshoots 2/η by > 20% here
+    assert over[-1] <= 0.5 * over.max() < over[-2]
+    with pytest.raises(ValueError, match="raise T"):
+        compare(cf, Valley(), 20)  # the valley sharpens from 1 to 1.2 in 20 steps
 
 
 def test_adam_has_no_central_flow_and_says_why():
