@@ -4,6 +4,7 @@ real network on digits."""
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import math
@@ -256,7 +257,7 @@ def test_grad_after_step_is_the_closures_gradient_at_the_start():
 
 def test_admissible_projection_of_the_flows():
     """Stages outside the invariant set are projected; states inside are left alone."""
-    t = lambda *x: torch.tensor(x, dtype=torch.float64)  # noqa: E731
+    t = lambda *x: torch.tensor(x, dtype=torch.float64)
     adam = make_flow("adam", amsgrad=True)
     S = {"W": t(0.0, 0.0), "m": t(0.0, 0.0), "v": t(-1.0, 2.0), "vmax": t(-0.5, 2.0),
          "c1": t(0.0)[0], "c2": t(0.0)[0]}
@@ -425,3 +426,41 @@ def test_parameters_without_gradients_stay_put_like_torch(method):
         opt.step(_closure(model, opt, x, y))
     assert torch.equal(unused.detach(), torch.ones(4, dtype=torch.float64))
     assert all(not torch.equal(p, w) for p, w in zip(model.parameters(), W0))
+
+
+def test_state_kept_as_views_of_the_flat_buffer_behaves_like_separate_tensors():
+    """Between ODE steps the flow's variables are views of the solver's last state (no gather
+    next step). The same run with the state dict reloaded into a fresh optimizer before every
+    step (separate tensors, gathered) and with an in-place edit of the state is bit for bit
+    the same."""
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    def run(reload: bool):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+        opt = ODEOptimizer(model.parameters(), "adamw", method="rk4", lr=1e-2)
+
+        def closure():
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            return loss
+
+        for k in range(4):
+            if reload and k:
+                sd = copy.deepcopy(opt.state_dict())
+                opt = ODEOptimizer(model.parameters(), "adamw", method="rk4", lr=1e-2)
+                opt.load_state_dict(sd)
+            if k == 2:
+                opt.state[model[0].weight]["exp_avg"].mul_(0.5)  # seen by the next step
+            opt.step(closure)
+        return [p.detach().clone() for p in model.parameters()], opt
+
+    kept, opt = run(False)
+    fresh, _ = run(True)
+    for a, b in zip(kept, fresh):
+        assert torch.equal(a, b)
+    W = next(iter(opt.state))
+    assert opt.state[W]["exp_avg"].untyped_storage().data_ptr() == \
+        opt._ode_flat[1].untyped_storage().data_ptr()

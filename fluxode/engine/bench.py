@@ -5,7 +5,8 @@ Solve. Gradient flow Ẇ = -η∇L on a diagonal quadratic L = ½Σ aᵢWᵢ² (
 
     fluxode    fluxode.integrate(flow="sgd", problem) — the default solver path
     torchode   torchode 1.0.1 Dopri5 + IntegralController on the field f(t, y) = -η a⊙y
-    naive      torchdiffeq.odeint on the same field, called as a user would
+    naive      torchdiffeq.odeint on the same field, called as a user would (this peer is
+               in benchmarks/bench_solve.py: the package imports torchdiffeq in one module)
 
 Cost per evaluation = wall time / NFE (the three take about the same NFE; each is printed).
 Rounds are interleaved and the median kept (the machine is shared). Ratio = fluxode / peer.
@@ -14,9 +15,11 @@ ODE optimizer. An MLP 784→512→512→10 (float32, batch 128, random data, cro
 ``ODEOptimizer`` (AdamW flow) with rk4 (one step = 4 gradient evaluations) and dopri5; ratio =
 step time / (NFE × one gradient evaluation: closure with zero_grad and backward). Extra
 memory: the peak of tensor bytes allocated during the step above the peak of one closure
-call, counted by a TorchDispatchMode that follows every storage an op returns until it is
-freed (CPU has no allocator statistics), in units of the flat state (W and the flow's
-variables) — target ≤ (stages + 2) × state.
+call, counted by a TorchDispatchMode that follows every storage an op allocates until it
+is freed (CPU has no allocator statistics), in units of the state (W and the flow's
+variables) — target ≤ (stages + 2) × state; the step measured starts without the stage
+buffers an optimizer keeps between steps (``keep_stage_buffers``), which are printed
+separately with the copy of W in the flat state.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_solve.py [--rounds 5] [--sizes 3 5 6]
     OMP_NUM_THREADS=1 fluxode bench --solve [--rounds 5]
@@ -92,24 +95,11 @@ def run_torchode(p: DiagonalQuadratic):
     return time.perf_counter() - t, nfe[0], sol.ys[0, -1]
 
 
-def run_naive(p: DiagonalQuadratic):
-    import torchdiffeq
-
-    nfe = [0]
-
-    def f(t, y):
-        nfe[0] += 1
-        return -ETA * p.a * y
-
-    t = time.perf_counter()
-    with torch.no_grad():
-        sol = torchdiffeq.odeint(f, p.x0(), torch.tensor([0.0, T], dtype=torch.float64),
-                                 method="dopri5", rtol=RTOL, atol=ATOL)
-    return time.perf_counter() - t, nfe[0], sol[-1]
-
-
-def solve_section(sizes, rounds):
-    runs = {"fluxode": run_fluxode, "torchode": run_torchode, "naive": run_naive}
+def solve_section(sizes, rounds, peers: dict | None = None):
+    """Per-evaluation cost of fluxode and its peers (``peers``: more {name: runner(problem)
+    → (wall, nfe, y(T))}, e.g. the naive torchdiffeq call of benchmarks/bench_solve.py —
+    the package itself imports torchdiffeq in one module only)."""
+    runs = {"fluxode": run_fluxode, "torchode": run_torchode, **(peers or {})}
     rows = []
     for e in sizes:
         p = DiagonalQuadratic(10 ** e)
@@ -124,11 +114,10 @@ def solve_section(sizes, rounds):
                 errs[name] = float((yT - exact).abs().max())
         med = {k: statistics.median(v) for k, v in per.items()}
         rows.append((e, med, nfes, errs))
-        print(f"N=1e{e}: per evaluation  fluxode {1e6 * med['fluxode']:9.1f} µs (nfe "
-              f"{nfes['fluxode']})  torchode {1e6 * med['torchode']:9.1f} µs (nfe "
-              f"{nfes['torchode']})  naive torchdiffeq {1e6 * med['naive']:9.1f} µs (nfe "
-              f"{nfes['naive']})  ratio fluxode/torchode {med['fluxode'] / med['torchode']:.2f}"
-              f"  fluxode/naive {med['fluxode'] / med['naive']:.2f}  max|err| "
+        costs = "  ".join(f"{k} {1e6 * v:9.1f} µs (nfe {nfes[k]})" for k, v in med.items())
+        ratios = "  ".join(f"fluxode/{k} {med['fluxode'] / v:.2f}" for k, v in med.items()
+                           if k != "fluxode")
+        print(f"N=1e{e}: per evaluation  {costs}  ratio {ratios}  max|err| "
               + " ".join(f"{k} {v:.1e}" for k, v in errs.items()), flush=True)
     return rows
 
@@ -219,9 +208,14 @@ def optimizer_section(rounds, steps=3):
         closure()
     out = {}
     for m, opt in opts.items():
+        opt.__dict__.pop("_ode_work", None)  # the kept stage buffers are allocated in the step
         with PeakBytes() as mem:
             opt.step(closure)
         extra = max(0, mem.peak - base.peak)
+        work = opt.__dict__.get("_ode_work", {})
+        kept = sum(t.untyped_storage().nbytes() for t in [work.get("K"), *work.get("free", [])]
+                   if t is not None) + sum(p.numel() * p.element_size()
+                                           for p in model.parameters())  # W inside the flat state
         stages = {"rk4": 4, "dopri5": 7}[m]
         ts = statistics.median(step_t[m])
         ratio = ts / (nfe[m] * tg)
@@ -230,13 +224,14 @@ def optimizer_section(rounds, steps=3):
               f"{1e3 * tg:.2f} ms → step / (nfe × gradient) = {ratio:.3f} (target "
               f"{1.2 if m == 'rk4' else 1.3}); extra peak memory {extra / 2**20:.1f} MiB = "
               f"{extra / state_bytes[m]:.2f} × state ({state_bytes[m] / 2**20:.1f} MiB; target "
-              f"≤ {stages + 2})", flush=True)
+              f"≤ {stages + 2}); kept between steps {kept / 2**20:.1f} MiB = "
+              f"{kept / n:.0f} B/param (stage buffers and W in the flat state)", flush=True)
     print(f"MLP 784→512→512→10, {n} parameters, float32, batch 128, {torch.get_num_threads()} "
           "thread(s)")
     return out
 
 
-def main(argv=None):
+def main(argv=None, peers: dict | None = None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--sizes", type=int, nargs="+", default=[3, 5, 6],
@@ -245,6 +240,6 @@ def main(argv=None):
     ap.add_argument("--skip-solve", action="store_true")
     args = ap.parse_args(argv)
     if not args.skip_solve:
-        solve_section(args.sizes, args.rounds)
+        solve_section(args.sizes, args.rounds, peers)
     if not args.skip_optimizer:
         optimizer_section(args.rounds)

@@ -230,13 +230,19 @@ class _RungeKutta:
     CHUNK = 1 << 15
 
     def __init__(self, rhs, y0: Tensor, method: str, into: bool, explain, check_finite: bool,
-                 min_step: float, max_steps: int):
+                 min_step: float, max_steps: int, workspace: dict | None = None):
         self.tab = tab = _tableau(method)
         self.rhs, self.into, self.explain = rhs, into, explain
         self.check_finite, self.min_step, self.max_steps = check_finite, min_step, max_steps
-        self.y0 = y0
-        self.K = y0.new_empty(tab.stages, y0.numel())
-        self.Y = y0.new_empty(y0.numel())  # stage inputs, then y₁
+        self.y0, self.work = y0, workspace
+        K = None if workspace is None else workspace.get("K")
+        if K is None or K.shape != (tab.stages, y0.numel()) or K.dtype != y0.dtype \
+                or K.device != y0.device:
+            K = y0.new_empty(tab.stages, y0.numel())
+            if workspace is not None:
+                workspace["K"], workspace["free"] = K, []
+        self.K = K
+        self.Y = self.buffer()             # stage inputs, then y₁
         self.free: Tensor | None = None    # the previous state's buffer, reusable
         vec = lambda v: torch.tensor(v, dtype=y0.dtype, device=y0.device)
         self.A = [vec(row) for row in tab.A]
@@ -246,6 +252,21 @@ class _RungeKutta:
         self.nfe = self.steps = self.accepted = self.rejected = 0
         self.min_dt = math.inf
         self.last_nonfinite: str | None = None
+
+    def buffer(self) -> Tensor:
+        """A state-sized buffer: a spare one from the workspace, else a new one."""
+        spare = None if self.work is None else self.work.get("free")
+        return spare.pop() if spare else self.y0.new_empty(self.y0.numel())
+
+    def release(self, result: Tensor) -> None:
+        """Hand the buffers other than ``result`` (and y₀) back to the workspace."""
+        if self.work is not None:
+            keep = {self.y0.untyped_storage().data_ptr()}
+            if result is not None:
+                keep.add(result.untyped_storage().data_ptr())
+            for b in (self.Y, self.free):
+                if b is not None and b.untyped_storage().data_ptr() not in keep:
+                    self.work["free"].append(b)
 
     def f(self, tau: float, y: Tensor, i: int) -> None:
         """K[i] ← F(τ, y)."""
@@ -259,7 +280,7 @@ class _RungeKutta:
         """Stages 1…s-1 from K[0] = F(τ₀, y₀); returns y₁ (in the stage buffer)."""
         tab, K = self.tab, self.K
         if self.Y is None:  # a new step: the previous state's buffer (never the caller's y₀)
-            self.Y = self.free if self.free is not None else y0.new_empty(y0.numel())
+            self.Y = self.free if self.free is not None else self.buffer()
             self.free = None
         Y = self.Y
         for i, (c, A) in enumerate(zip(tab.c, self.A)):
@@ -546,12 +567,16 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
           max_steps: int = 100_000, min_step: float = 0.0, options: dict | None = None,
           dense: bool = True, check_finite: bool = True,
           explain: Explain | None = None, into: bool = False,
-          solver: str = "torchdiffeq", final_only: bool = False) -> tuple[Tensor, dict]:
+          solver: str = "torchdiffeq", final_only: bool = False,
+          workspace: dict | None = None) -> tuple[Tensor, dict]:
     """y at ``times`` (increasing float64 step-clock times; y(times[0]) = y0) for
     dy/dτ = rhs(τ, y), with the method's statistics.
 
     ``into=True``: ``rhs(τ, y, out)`` writes dy/dτ into ``out`` (no allocation per call).
     ``final_only=True``: return only y(times[-1]) (shape (1, …); no saved rows).
+    ``workspace``: a dict the caller keeps between solves; the stage buffer K and spare state
+    buffers are taken from it and handed back (on CPU a fresh buffer of tens of MB is
+    page-faulted on first touch, every solve).
     ``step_size``: fixed-step methods' Δτ (required for them); adaptive methods use
     ``rtol``/``atol`` and ``options`` (e.g. ``first_step``). ``dense=False`` makes an adaptive
     method step onto every save time (``step_t``), so saved values carry the method's order
@@ -589,7 +614,7 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
         if fused:
             sol, stats = _fused(rhs, y0, times, ts, method, rtol, atol, step if fixed else None,
                                 jumps, max_steps, min_step, opts, dense, check_finite,
-                                explain, into, final_only)
+                                explain, into, final_only, workspace)
         else:
             sol, stats = _odeint(rhs, y0, times, method, rtol, atol, step if fixed else None,
                                  jumps, max_steps, min_step, opts, dense, check_finite,
@@ -609,11 +634,11 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
 
 
 def _fused(rhs, y0, times, ts, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
-           check_finite, explain, into, final_only):
+           check_finite, explain, into, final_only, workspace):
     """The explicit Runge–Kutta methods on the fused flat-state stepper."""
     flat = y0 if y0.ndim == 1 else y0.reshape(-1)  # y0 itself: F may recognise its start
     rk = _RungeKutta(rhs, flat, method, into, explain, check_finite, min_step,
-                     max_steps)
+                     max_steps, workspace)
     if method in FIXED:
         perturb = bool(opts.get("perturb", bool(jumps)))
         grid = _grid(ts, step, jumps)
@@ -631,6 +656,7 @@ def _fused(rhs, y0, times, ts, method, rtol, atol, step, jumps, max_steps, min_s
         stats = {"method": method, "nfe": rk.nfe, "steps": rk.steps, "accepted": rk.accepted,
                  "rejected": rk.rejected, "rtol": rtol, "atol": atol,
                  "min_step_taken": rk.min_dt}
+    rk.release(sol)
     return sol.view(len(sol), *y0.shape), stats
 
 
