@@ -641,11 +641,11 @@ class _Book:
             for _, key, is_clock in self.keys:
                 if is_clock and isinstance(st[key], Tensor):  # torch's scalars: read once
                     st[key] = st[key].item()
-        self.counts = [opt._count(st) for st in self.sts]
+        self._base, self._n = [opt._count(st) for st in self.sts], 0  # k = base + n
         for st in self.sts:
             opt._known.pop(id(st["step"]), None)
-        self.uniform = all(k == self.counts[0] for k in self.counts)
-        self.buf = torch.tensor(self.counts, dtype=torch.float32)
+        self.uniform = self._base.count(self._base[0]) == len(self._base)
+        self.buf = torch.tensor(self._base, dtype=torch.float32)
         self.views = self.buf.unbind(0)
         for st, t in zip(self.sts, self.views):
             st["step"] = t
@@ -662,7 +662,8 @@ class _Book:
         self.clocks = tuple((name, key) for name, key, is_clock in self.keys if is_clock)
 
     def _tensors(self) -> list:
-        keys = [key for _, key, is_clock in self.keys if not is_clock]
+        """The tensors the book holds, as the state dicts hold them now: step, variables."""
+        keys = ["step", *(key for _, key, is_clock in self.keys if not is_clock)]
         return [st.get(key) for st in self.sts for key in keys]
 
     def valid(self, opt: FlowOptimizer, flow: Flow, params: list[Tensor]) -> bool:
@@ -675,14 +676,17 @@ class _Book:
             self._set_flow(flow)
             if self.keys != keys:
                 return False
-        return all(map(operator.is_, [st.get("step") for st in self.sts], self.views)) \
-            and all(map(operator.is_, self._tensors(), self.tensors))
+        return all(map(operator.is_, self._tensors(), self.tensors))
 
     def taus(self, h: float) -> list[float]:
         """Each tensor's step-clock time τ = k·h."""
         if self.uniform:
-            return [self.counts[0] * h] * len(self.counts)
-        return [k * h for k in self.counts]
+            return [(self._base[0] + self._n) * h] * len(self._base)
+        return [(k + self._n) * h for k in self._base]
+
+    @property
+    def counts(self) -> list[int]:
+        return [k + self._n for k in self._base]
 
     def closed_clocks(self, flow: Flow) -> dict:
         """{clock: keep} for the clocks that follow a ``Clock`` rate (``Flow.clock_rates``)."""
@@ -694,7 +698,7 @@ class _Book:
         """Every count k ← k + 1 (one add on the buffer); the clocks into the torch state."""
         self.buf.add_(1)
         self.version = self.buf._version
-        self.counts = [k + 1 for k in self.counts]
+        self._n += 1
         for st, S in zip(self.sts, self.states):
             for name, key in self.clocks:
                 st[key] = S[name]

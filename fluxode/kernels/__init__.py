@@ -217,7 +217,7 @@ def adam_group_step_(Ws: Sequence[torch.Tensor], gs: Sequence[torch.Tensor],
     n = len(Ws)
     if not isinstance(steps, (list, tuple)) or len(steps) != n:
         raise ValueError(f"steps must be a list of {n} step counts (one per tensor)")
-    if not all(type(k) is int and k >= 1 for k in steps):
+    if set(map(type, steps)) != {int} or min(steps) < 1:
         steps = [check_step(k) for k in steps]
     for impl, idx in _group_parts(Ws, parts, backend):
         impl.adam_group_step_(subset(Ws, idx), subset(gs, idx), subset(ms, idx), subset(vs, idx),
@@ -326,7 +326,7 @@ def by_value(values: Sequence) -> list[tuple]:
     """[(value, indices)] of a list, indices None when every entry is the same (the common
     case: a group steps at one lr)."""
     first = values[0]
-    if all(x == first for x in values):
+    if values.count(first) == len(values):
         return [(first, None)]
     out: dict = {}
     for i, x in enumerate(values):

@@ -81,7 +81,7 @@ def adam_group_step_(ws, gs, ms, vs, *, steps, lr, beta1, beta2, eps, weight_dec
     kw = _adam_kw(lr, beta1, beta2, eps, weight_decay, amsgrad, maximize)
     # one float32 step tensor per tensor (torch keeps float32 steps): the same tensor when
     # every tensor is at the same step (the op only reads it), else views of one allocation
-    if all(k == steps[0] for k in steps):
+    if steps.count(steps[0]) == len(steps):
         K = [torch.tensor(float(steps[0]), dtype=torch.float32)] * len(steps)
     else:
         K = torch.tensor(steps, dtype=torch.float32).unbind(0)
