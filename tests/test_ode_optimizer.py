@@ -397,7 +397,7 @@ def test_dtypes_and_devices(device, dtype):
 
 # --- a real network -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("method", ["rk4"])  # dopri5's step: tolerance and sync tests
 def test_mlp_on_digits_reaches_95_percent(method):
     data = datasets.load("digits")
     torch.manual_seed(0)
