@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import importlib.util
 import re
@@ -17,13 +18,29 @@ def _module(name: str):
     return importlib.import_module(path) if importlib.util.find_spec(path) else None
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _summary(name: str) -> str | None:
+    """A command module's docstring, read from its source without importing it (None when
+    the module is absent): ``fluxode <cmd>`` imports only <cmd>'s module and what it needs."""
+    spec = importlib.util.find_spec(f"fluxode.commands.{name}")
+    if spec is None or not spec.origin:
+        return None
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read())) or ""
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``only``) one whose other subcommands carry just their help line."""
     parser = argparse.ArgumentParser(
         prog="fluxode", description="Optimizers as ODE flows: integrate, discretize, compare.")
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
+        if only is not None and name != only:
+            doc = _summary(name)
+            if doc is not None:
+                sub.add_parser(name, help=(doc.strip().splitlines() or [""])[0])
+            continue
         mod = _module(name)
         if mod is None:
             continue
@@ -35,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="show the full traceback of an error")
         p.set_defaults(_run=mod.run)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is not an option), if known."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
@@ -83,8 +108,9 @@ def classify(err: BaseException) -> tuple[int, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:  # SIGINT while the commands are imported
-        parser = build_parser()
+        parser = build_parser(only=_command(argv))
     except KeyboardInterrupt:
         print("fluxode: interrupted", file=sys.stderr)
         return 130

@@ -245,8 +245,29 @@ def test_factored_second_moment_matches_a_hand_loop(flowpkg):
 
 
 # --- every command, in a subprocess with the plugin "installed" ------------------------------
+FLOWS_AND_MODULES = """
+import contextlib, io, json, sys
+from fluxode.cli import main
+buf = io.StringIO()
+with contextlib.redirect_stdout(buf):
+    assert main(["flows", "--json"]) == 0
+heavy = ("torchdiffeq", "scipy", "matplotlib", "torchsde")
+print(json.dumps({"flows": json.loads(buf.getvalue()),
+                  "imported": sorted({m.split(".")[0] for m in sys.modules} & set(heavy))}))
+"""
+
+
 def test_fluxode_flows_lists_the_plugin_flows():
-    out = json.loads(fluxode_cli("flows", "--json"))
+    """... and imports none of the solver, statistics and plotting libraries (a fresh
+    process: the command imports only what it runs)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PKG), env.get("PYTHONPATH")) if p)
+    proc = subprocess.run([sys.executable, "-c", FLOWS_AND_MODULES], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["imported"] == []
+    out = result["flows"]
     names = {r["flow"] for r in out}
     assert {"my-lion", "factored-rms", "sgd", "adam"} <= names
     lion = next(r for r in out if r["flow"] == "my-lion")

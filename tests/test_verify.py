@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from fluxode import cli
+from fluxode import cli, threads
 from fluxode.flows import FLOWS
-from fluxode.verify import cases, verify
+from fluxode.verify import cases, references, verify
 
-TWINS = sorted(n for n, c in FLOWS.items() if c.twin() is not None)
+TWINS = sorted(references())
 # The long horizon for the five classic twins; the other twins run 300 steps here (their whole
 # option grids, both dtypes), so the suite stays inside its time budget on 2 cores. The CLI
 # (`fluxode verify --steps 1000`) runs every twin at 1000 steps.
@@ -27,6 +27,65 @@ def test_case_table_covers_every_twin_and_is_large():
     cs = cases()
     assert {c.flow for c in cs} == set(TWINS)
     assert len(cs) >= 40
+    # Muon (2-D parameters only, Flow.param_dims) is verified on a net of matrices
+    assert "muon" in TWINS and FLOWS["muon"].param_dims == (2,)
+
+
+def test_verify_net_holds_only_the_shapes_a_flow_takes():
+    """Every parameter of Muon's net is a matrix with the numbers of the usual net, and
+    torch.optim.Muon itself steps it; other flows keep the 1-D and 3-D parameters."""
+    import fluxode.verify as v
+
+    torch.manual_seed(0)
+    usual = v._Net()
+    torch.manual_seed(0)
+    matrices = v._Net(FLOWS["muon"].param_dims)
+    assert {p.dim() for p in usual.parameters()} == {1, 2, 3}
+    assert {p.dim() for p in matrices.parameters()} == {2}
+    for a, b in zip(usual.parameters(), matrices.parameters()):
+        assert torch.equal(a.reshape(-1), b.reshape(-1))
+    x = torch.randn(4, 6)
+    assert torch.equal(usual(x), matrices(x))
+    FLOWS["muon"]().reference_optimizer(matrices.parameters())  # torch accepts it
+    assert v.stored_shape((1, 5, 1), (2,)) == (5, 1)
+    assert v.stored_shape((5,), (2,)) == (1, 5)
+    assert v.stored_shape((5,), (1, 3)) == (5,)
+
+
+@pytest.mark.slow
+def test_parallel_verify_gives_the_serial_records_in_order():
+    """Two worker processes (spawned, single-threaded) against this process, 3 steps (the
+    workers' start, importing torch and torch._dynamo, is most of the time)."""
+    flows = ["rprop", "adamax"]
+    serial = verify("float64", 3, flows=flows, workers=1)
+    assert verify("float64", 3, flows=flows, workers=2) == serial
+    assert [(r["flow"], r["options"]) for r in serial] == \
+        [(c.flow, c.label()) for c in cases() if c.flow in flows]
+
+
+def test_a_failing_case_is_named_in_the_error():
+    """The worker's entry point (also run in this process here) names the case that raised."""
+    import fluxode.verify as v
+
+    case = v.Case("sgd", {"momentum": -1.0})
+    with pytest.raises(v.CaseError, match=r"case sgd \[momentum=-1.0\] failed: ValueError"):
+        v._worker_run((case, FLOWS["sgd"], "float64", 1))
+    with pytest.raises(ValueError, match="workers"):
+        verify("float64", 1, flows=["sgd"], workers=0)
+
+
+def test_small_problems_run_single_threaded_and_the_count_is_restored():
+    torch.set_num_threads(2)
+    with threads.for_size(10) as n:
+        assert n == 1 and torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError), threads.for_size(10):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == 2
+    with threads.for_size(threads.SMALL) as n:
+        assert n == 2 == torch.get_num_threads()
+    with pytest.raises(ValueError, match="numel"), threads.for_size(-1):
+        pass
 
 
 @pytest.mark.slow
@@ -48,7 +107,8 @@ def test_float32_is_bit_for_bit(flow):
 
 
 def test_verify_cli_json(capsys):
-    assert cli.main(["verify", "--dtype", "float64", "--steps", "3", "--json"]) == 0
+    assert cli.main(["verify", "--dtype", "float64", "--steps", "3", "--json",
+                     "--flow", "sgd", "--flow", "muon"]) == 0
     records = json.loads(capsys.readouterr().out)
     assert len(records) >= 40
     for r in records:

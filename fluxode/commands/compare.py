@@ -11,12 +11,11 @@ import json
 
 import torch
 
-from .. import io
+from .. import io, threads
 from ..flows import FLOWS, make_flow
 from ..integrate import METHODS, BudgetError
 from ..problems import PROBLEMS, make_problem
 from .hyperparameters import add_flags, collect, flag
-
 
 # what --demo ignores: refused when given with a value other than the default
 RUN_FLAGS = {"method": "dopri5", "rtol": 1e-7, "atol": 1e-9, "step_size": None, "steps": 100,
@@ -54,7 +53,8 @@ def run(args) -> int:
         if given:
             raise ValueError(f"--demo runs its own flows and problems: drop {', '.join(given)} "
                              "(or drop --demo)")
-        summary = cmp.demo_panels(out)
+        with threads.for_size(2):  # the ravine and Rosenbrock are 2-D
+            summary = cmp.demo_panels(out)
         _report(args, summary, [f"{r['problem']:<10} {r['label']:<20} max ‖ΔW‖ "
                                 f"{r['max_param_distance']:.3g}" for r in summary["runs"]])
         return 0
@@ -63,10 +63,11 @@ def run(args) -> int:
     flow = make_flow(args.flow, **collect(args, flow=args.flow))
     problem = make_problem(args.problem, dtype=getattr(torch, args.dtype))
     try:
-        comp = cmp.compare(flow, problem, args.steps, h=args.h, method=args.method,
-                           rtol=args.rtol, atol=args.atol, step_size=args.step_size,
-                           label=f"{flow.name}, lr={flow.lr:g}", refine=args.refine,
-                           max_steps=args.max_steps)
+        with threads.for_size(problem.x0().numel()):
+            comp = cmp.compare(flow, problem, args.steps, h=args.h, method=args.method,
+                               rtol=args.rtol, atol=args.atol, step_size=args.step_size,
+                               label=f"{flow.name}, lr={flow.lr:g}", refine=args.refine,
+                               max_steps=args.max_steps)
     except BudgetError as err:
         raise ValueError(f"{err} (flags: --steps, --refine, --step-size, --max-steps)") from None
     figures = []

@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import json
 
+import torch
+
+from .. import threads
 from ..flows import make_flow
 from ..limits import default_hs, sweep
 from ..paths import PATHS
+from ..problems import make_problem
 from .hyperparameters import add_flags, collect
 
 
@@ -42,9 +46,11 @@ def run(args) -> int:
 
         check_writable(args.out)
     hs = args.hs or default_hs(args.T, 5, h_max=None)
+    problem = make_problem(args.problem, dtype=torch.float64)
     try:
-        s = sweep(flow, args.problem, T=args.T, hs=hs, path=args.path, modified=args.modified,
-                  max_steps=args.max_steps)
+        with threads.for_size(problem.x0().numel()):
+            s = sweep(flow, problem, T=args.T, hs=hs, path=args.path, modified=args.modified,
+                      max_steps=args.max_steps)
     except BudgetError as err:
         raise ValueError(f"{err} (flags: --T, --hs, --max-steps)") from None
     rec = s.to_dict()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 
+from .. import threads
 from ..flows.registry import FLOWS, flow_class, hyperparameter_names
 from ..stability import formula_lr, max_stable_lr
 from .hyperparameters import add_flags, collect
@@ -58,7 +59,8 @@ def run(args) -> int:
     for lam in args.lam:
         for mu in momenta:
             opts = hp if mu is None else {**hp, **_momentum(cls, mu, hp)}
-            num = max_stable_lr(name, lam, v=args.v, **opts)
+            with threads.for_size(1):  # L = ½λw²: one number
+                num = max_stable_lr(name, lam, v=args.v, **opts)
             try:
                 ref = formula_lr(name, lam, v=args.v, **opts)
             except ValueError:  # no closed form for this flow or these options
