@@ -287,7 +287,10 @@ class _RungeKutta:
             ti = t1 if c == 1.0 else t0 + c * dt
             if c == 1.0 and perturb:
                 ti = math.nextafter(t1, -math.inf)  # just before the step's end (a jump)
-            torch.addmv(y0, K[:i + 1].T, A, alpha=dt, out=Y)
+            if i == 0:  # one row: an axpy (BLAS's gemv costs more there)
+                torch.add(y0, K[0], alpha=dt * tab.A[0][0], out=Y)
+            else:
+                torch.addmv(y0, K[:i + 1].T, A, alpha=dt, out=Y)
             self.f(ti, Y, i + 1)
         if not tab.fsal:
             torch.addmv(y0, K.T, self.b, alpha=dt, out=Y)
