@@ -483,12 +483,12 @@ class _Plan:
         kept = getattr(opt, "_ode_flat", None)
         if kept is not None and kept[0] == self.signature and all(
                 opt.state[p].get(key) is x for p, key, x in kept[2]):
-            self.y0 = kept[1]  # the state is still the last step's flat buffer: no gather
+            self.y0, self.kept = kept[1], True  # the state is the last step's flat buffer
             for flow, layout, units, seg, _, _ in self.groups:
                 for (ps, _), views in zip(units, layout.views(self.y0[seg])):
                     self._gather(flow, ps, views, only_w_and_clocks=True)
         else:
-            self.y0 = torch.empty(offset, dtype=dtype, device=devices.pop())
+            self.y0, self.kept = torch.empty(offset, dtype=dtype, device=devices.pop()), False
             for flow, layout, units, seg, _, _ in self.groups:
                 for (ps, _), views in zip(units, layout.views(self.y0[seg])):
                     self._gather(flow, ps, views)
@@ -589,9 +589,16 @@ class _Plan:
 
     def finish(self, y1: Tensor) -> None:
         """Write the integrated state back: parameters (copied), the flow's variables (the
-        state tensors become views of y₁, which the next step starts from without a gather,
-        where dtype and device agree; else copied), step counts, clocks (read back in one
-        transfer)."""
+        state tensors become views of one flat buffer, which the next step starts from
+        without a gather, where dtype and device agree, else copied; once they are, y₁ is
+        copied into that buffer, so they stay the same live tensors, as torch's are), step
+        counts, clocks (read back in one transfer)."""
+        if self.kept:
+            self.y0.copy_(y1)
+            work = self.opt.__dict__.get("_ode_work")
+            if work is not None:
+                work.setdefault("free", []).append(y1)  # a stage buffer for the next step
+            y1 = self.y0
         self._write_params(y1)
         clocks, views, copied = [], [], False  # (state, key, 0-d view); (param, key, view)
         for flow, layout, units, seg, _, _ in self.groups:
@@ -605,7 +612,9 @@ class _Plan:
                             clocks.append((st, key, S[v.name]))
                             continue
                         x = S[v.name] if len(ps) == 1 else S[v.name][off:off + n].view_as(p)
-                        if st[key].dtype == x.dtype and st[key].device == x.device:
+                        if self.kept:  # st[key] is a view of y₁ already
+                            views.append((p, key, st[key]))
+                        elif st[key].dtype == x.dtype and st[key].device == x.device:
                             st[key] = x
                             views.append((p, key, x))
                         else:

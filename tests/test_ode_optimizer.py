@@ -455,12 +455,16 @@ def test_state_kept_as_views_of_the_flat_buffer_behaves_like_separate_tensors():
             if k == 2:
                 opt.state[model[0].weight]["exp_avg"].mul_(0.5)  # seen by the next step
             opt.step(closure)
-        return [p.detach().clone() for p in model.parameters()], opt
+        return [p.detach().clone() for p in model.parameters()], opt, closure
 
-    kept, opt = run(False)
-    fresh, _ = run(True)
+    kept, opt, closure = run(False)
+    fresh, _, _ = run(True)
     for a, b in zip(kept, fresh):
         assert torch.equal(a, b)
     W = next(iter(opt.state))
     assert opt.state[W]["exp_avg"].untyped_storage().data_ptr() == \
         opt._ode_flat[1].untyped_storage().data_ptr()
+    m = opt.state[W]["exp_avg"]  # once a view, the same live tensor from step to step
+    before = m.clone()
+    opt.step(closure)
+    assert opt.state[W]["exp_avg"] is m and not torch.equal(m, before)
