@@ -109,6 +109,8 @@ def solve_sdcp(alpha: np.ndarray, B: np.ndarray, X0: np.ndarray | None = None,
                          f"{B.shape}")
     a = 0.5 * (alpha + alpha.T)
     M = B.reshape(k * k, k * k)
+    if not (np.isfinite(a).all() and np.isfinite(M).all()):
+        raise ValueError("alpha and B must be finite")
     L = np.linalg.norm(M, 2)
     if not L > 0 or not np.allclose(M, M.T, rtol=1e-8, atol=1e-12 * L):
         raise ValueError("B must be a nonzero self-adjoint operator (B[i,j,k,l] = B[k,l,i,j])")
@@ -405,11 +407,13 @@ class RMSpropCentralFlow(CentralFlow):
         #    ∂P^{1/2}/∂v = -P^{3/2}/(4√v):  ∂Mᵢⱼ/∂v = -(λᵢ + λⱼ) uᵢuⱼ P/(4√v).
         # In these v-terms λ is taken at the threshold 2/η (exact on the active set, which the
         # constraint holds there; X vanishes off it): the SDCP operator is then self-adjoint.
+        # √v is floored at ε in ∂P/∂v (√ is not differentiable at 0; a coordinate with
+        # v < ε² — a dead input, zero gradient — has no curvature: uᵢ vanishes there).
         n, r, eta = problem.dim, 1 - self.alpha, self.lr
         v = y[n:].clamp(min=0.0)
         Hz = self.threshold * U / P.sqrt()[:, None]
         uu = U.T[:, None, :] * U.T[None, :, :]                       # (k, k, n)
-        Cv = -(self.threshold / 2) * uu * (P / v.sqrt().clamp(min=1e-300))
+        Cv = -(self.threshold / 2) * uu * (P / v.sqrt().clamp(min=self.eps))
         C = torch.cat([E, Cv], dim=2)
         D0 = torch.cat([-eta * P * g, r * (g * g - v)])
         D = torch.cat([-0.5 * eta * P * E, r * Hz.T[:, None, :] * Hz.T[None, :, :]], dim=2)
