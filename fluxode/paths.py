@@ -106,7 +106,7 @@ def _divide(rate, h: float):
     if isinstance(rate, Toward):
         return Toward(rate.rate_ / h, rate.target)
     if isinstance(rate, Clock):
-        return Clock(1.0 - (1.0 - rate.keep) / h, rate.tau)
+        return Clock(1.0 - (1.0 - rate.keep) / h, rate.tau, rate.report)  # keeps its reader
     if isinstance(rate, Exact):  # its exact value now belongs to the step of size h
         return Exact(_divide(rate.inner, h), rate.value, step=rate.step * h)
     if hasattr(rate, "divided"):  # a flow's own rate expression knows how to scale itself

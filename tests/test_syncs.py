@@ -94,6 +94,19 @@ def test_engine_step_and_run_sync_at_most_once_per_step(name):
     syncs.assert_at_most(STEPS, f"engine.run of {name!r}, {STEPS} steps")
 
 
+def test_adam_along_betas_fixed_keeps_its_clocks_on_the_host():
+    """The betas-fixed path rebuilds Adam's clock rates ÷ h; they still report their values to
+    the position block, so its step reads nothing back either."""
+    from fluxode.paths import discrete_flow
+
+    flow = discrete_flow(make_flow("adam"), 0.25, "betas-fixed")
+    oracle = engine.Oracle(lambda W, tau: W * W - 1.0)
+    S = flow.init(torch.randn(6, dtype=torch.float32))
+    with count_syncs() as syncs:
+        engine.run(flow, oracle, S, STEPS, h=0.25)
+    syncs.assert_at_most(STEPS, f"engine.run of Adam along betas-fixed, {STEPS} steps")
+
+
 @pytest.mark.parametrize("name", FLOWS)
 def test_continuous_field_reads_nothing_back(name):
     """Layout.field_into as integrate calls it (two units, reference and fused field), from
