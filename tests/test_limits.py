@@ -86,6 +86,8 @@ def test_sqrt_point_scales_like_malladi():
     up = P.sqrt_point(make_flow("adam", lr=0.1, betas=(0.9, 0.99), eps=1e-4), 4.0)  # κ > 1
     assert up.lr == pytest.approx(0.2) and up.eps == pytest.approx(5e-5)
     assert up.betas == pytest.approx((0.6, 0.96)) and up.noise_scale == pytest.approx(0.25)
+    w = P.sqrt_point(make_flow("adamw", lr=0.1, weight_decay=0.01), 0.25)  # lr·λ: a step rate
+    assert w.lr == pytest.approx(0.05) and w.weight_decay == pytest.approx(0.005)
     with pytest.raises(ValueError, match="κ·\\(1-β\\)"):
         P.sqrt_point(make_flow("adam"), 20.0)
     with pytest.raises(ValueError, match="h must be in"):

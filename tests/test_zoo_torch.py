@@ -302,6 +302,7 @@ def _noisy_moments(flow, sigma, steps, seed, start=0.0, n=2000, drift=0.05):
     ("nadam", dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=8.0, decoupled_weight_decay=True),
      1.0),
     ("radam", dict(lr=1e-3, betas=(0.9, 0.99)), 0.0),
+    ("adamw", dict(lr=1e-3, betas=(0.9, 0.99), weight_decay=8.0), 1.0),  # Adam's rule, λ·√κ
     ("adadelta", dict(rho=0.95), 0.0)])
 def test_sqrt_point_keeps_the_noisy_runs_distribution(name, hp, start):
     """The square-root path's claim, measured: the optimizer at κ with gradient noise σ/√κ,

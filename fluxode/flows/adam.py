@@ -48,6 +48,20 @@ def moment_rates(betas, tau, g, stepped: dict | None = None):
             Clock(b1, tau, report("c1")), Clock(b2, tau, report("c2")))
 
 
+def adam_sqrt_point(flow: Flow, kappa: float, **per_step: float) -> SqrtPoint:
+    """Adam's square-root point for an Adam-like flow (betas, eps, decoupled_decay): lr·√κ,
+    1-βᵢ → κ(1-βᵢ), ε/√κ, λ·√κ when decoupled, Σ → Σ/κ; ``per_step`` hyperparameters (rates
+    per step, like 1-β) are multiplied by κ."""
+    kappa, r = flow._path_step(kappa)
+    b1, b2 = flow.betas
+    wd = flow.weight_decay * r if flow.decoupled_decay else flow.weight_decay
+    return SqrtPoint(flow.replace(lr=flow.lr * r, betas=(1 - kappa * (1 - b1),
+                                                          1 - kappa * (1 - b2)),
+                                  eps=flow.eps / r, weight_decay=wd,
+                                  **{k: v * kappa for k, v in per_step.items()}), 1.0 / kappa)
+
+
+
 class Adam(Flow):
     name = "adam"
     summary = "Adam with bias correction as a flow, coupled L2 decay (torch.optim.Adam)"
@@ -182,11 +196,9 @@ class Adam(Flow):
         return (2 + 2 * b1) / ((1 - b1) * self.lr)
 
     def sqrt_point(self, h):
-        """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, Σ → Σ/h."""
-        h, r = self._path_step(h)
-        b1, b2 = self.betas
-        return SqrtPoint(self.replace(lr=self.lr * r, betas=(1 - h * (1 - b1), 1 - h * (1 - b2)),
-                                      eps=self.eps / r), 1.0 / h)
+        """lr → √h·lr, βᵢ → 1 - h(1-βᵢ), ε → ε/√h, decoupled λ → √h·λ (lr·λ is a per-step
+        rate, like 1-β), Σ → Σ/h."""
+        return adam_sqrt_point(self, h)
 
     def frozen_states(self):
         """v (the preconditioner); the clocks are held at 1 (late time)."""

@@ -83,7 +83,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as check
-from .adam import moment_rates
+from .adam import adam_sqrt_point, moment_rates
 from .base import Block, Flow, Var
 from .capabilities import SqrtPoint
 from .rates import Clock, Linear, Term, Toward
@@ -98,19 +98,6 @@ def scalar_dtype() -> torch.dtype:
 def momentum_schedule(beta1: float, psi: float, t: float) -> float:
     """μ(t) = β₁(1 - ½·0.96^{tψ}), as torch.optim.NAdam evaluates it (t: its step count)."""
     return beta1 * (1.0 - 0.5 * (0.96 ** (t * psi)))
-
-
-def adam_sqrt_point(flow: Flow, kappa: float, **per_step: float) -> SqrtPoint:
-    """Adam's square-root point for an Adam-like flow (betas, eps, decoupled_decay): lr·√κ,
-    1-βᵢ → κ(1-βᵢ), ε/√κ, λ·√κ when decoupled, Σ → Σ/κ; ``per_step`` hyperparameters (rates
-    per step, like 1-β) are multiplied by κ."""
-    kappa, r = flow._path_step(kappa)
-    b1, b2 = flow.betas
-    wd = flow.weight_decay * r if flow.decoupled_decay else flow.weight_decay
-    return SqrtPoint(flow.replace(lr=flow.lr * r, betas=(1 - kappa * (1 - b1),
-                                                          1 - kappa * (1 - b2)),
-                                  eps=flow.eps / r, weight_decay=wd,
-                                  **{k: v * kappa for k, v in per_step.items()}), 1.0 / kappa)
 
 
 @dataclass(frozen=True)
