@@ -15,8 +15,9 @@ def add_arguments(p):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.add_argument("--solve", action="store_true",
-                   help="instead: the solve path (integrate dopri5 vs torchode and naive "
-                        "torchdiffeq per evaluation at N = 1e3, 1e5, 1e6) and the ODE "
+                   help="instead: the solve path (integrate dopri5 vs torchode per "
+                        "evaluation at N = 1e3, 1e5, 1e6; benchmarks/bench_solve.py adds naive "
+                        "torchdiffeq) and the ODE "
                         "optimizer (rk4/dopri5 step vs its gradient evaluations, extra memory); "
                         "--repeats interleaved rounds (3 is plenty)")
 
