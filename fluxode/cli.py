@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import importlib.util
+import inspect
 import re
 import sys
 
@@ -19,13 +19,18 @@ def _module(name: str):
 
 
 def _summary(name: str) -> str | None:
-    """A command module's docstring, read from its source without importing it (None when
-    the module is absent): ``fluxode <cmd>`` imports only <cmd>'s module and what it needs."""
+    """A command module's help line (its docstring's first line), read from its source without
+    importing it (None when the module is absent): ``fluxode <cmd>`` imports only <cmd>'s
+    module and what it needs."""
     spec = importlib.util.find_spec(f"fluxode.commands.{name}")
     if spec is None or not spec.origin:
         return None
     with open(spec.origin, encoding="utf-8") as f:
-        return ast.get_docstring(ast.parse(f.read())) or ""
+        doc = _DOC.match(f.read())  # the leading string (parsing the module costs more)
+    return (inspect.cleandoc(doc.group(2)).splitlines() or [""])[0] if doc else ""
+
+
+_DOC = re.compile(r'\s*[rR]?("""|\'\'\')(.*?)\1', re.DOTALL)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -39,7 +44,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if only is not None and name != only:
             doc = _summary(name)
             if doc is not None:
-                sub.add_parser(name, help=(doc.strip().splitlines() or [""])[0])
+                sub.add_parser(name, help=doc)
             continue
         mod = _module(name)
         if mod is None:
