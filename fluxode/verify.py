@@ -63,8 +63,8 @@ def has_reference(cls) -> bool:
     flow takes (``Flow.param_dims``): a torch.optim twin, an installed reference package, or a
     reference the flow reaches itself (Muon: torch.optim.Muon, 2-D parameters only)."""
     probe = nn.Parameter(torch.zeros(stored_shape((2,), cls.param_dims)))
-    try:
-        cls().reference_optimizer([probe])
+    try:  # configured as verify's first case of this flow
+        cls(lr=LR, **cls.option_grid()[0]).reference_optimizer([probe])
     except (ValueError, ImportError):
         return False
     return True
