@@ -19,10 +19,13 @@
   multi-tensor (``_foreach_*``) ops in the reference's op order, one call per op per dtype
   combination (bit-identical to the reference). Low precision: computed on float32 copies,
   each buffer rounded back once.
-* The Adam field: no fused CPU op; the reference (see the note at the bottom).
+* The Adam field: no fused CPU op; whole-buffer torch ops writing into the ``out`` buffers
+  (``adam_field``), bit for bit the reference on finite inputs.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -155,7 +158,83 @@ def rmsprop_step_(w, g, square_avg, *, lr, alpha, eps, weight_decay, momentum, c
                         grad_avgs=[grad_avg], momentum_bufs=[momentum_buf], maximize=maximize)
 
 
-# No fused CPU kernel exists for the field; cache blocking of the reference ops and foreach
-# were measured slower or no faster than whole-buffer ops on this 2-core machine, and
-# torch.compile costs ~20 s per configuration on first use. The fast path is the reference.
-adam_field = reference.adam_field
+def adam_field(w, m, v, c1, c2, g, *, lr, beta1, beta2, eps, weight_decay, decoupled, maximize,
+               out):
+    """The Adam/AdamW field written into ``out`` by whole-buffer torch ops, in the core's op
+    order (``fluxode.flows.adam``), at the admissible state v' = max(v, (1-β₂)/(1-β₁)·m²/c₁)::
+
+        G  = ±g (+ λW, Adam)          dm = (G - m)·(1-β₁)      dv = G²·(1-β₂) - v'·(1-β₂)
+        dW = (m·(-η/c₁)) / (√v'/√c₂ + ε) - ηλ·W   (AdamW)      at c = 0: m → G, √v'/√c₂ → |G|
+
+    No N-sized temporary but G (only under maximize or Adam's coupled decay): v', then the
+    denominator and dW live in ``out[0]``; ``out[1]`` is the workspace until dm is written
+    last. 15 passes over memory for AdamW. Clocks given as numbers choose the c = 0 limit on
+    the host. Clocks given as 0-d tensors stay on the device (no host read): the limit is
+    selected by ``torch.lerp`` with weight [c = 0] (3 more passes), which returns exactly
+    one operand when the other is finite; where the unused operand is non-finite (g at
+    c > 0, m or v at c = 0) dW is NaN there (the reference selects with torch.where, a
+    scalar loop ~5× the cost of a pass here). Bit for bit the reference otherwise;
+    low-precision W or g: the reference itself."""
+    dt = m.dtype
+    if w.dtype != dt or g.dtype != dt:
+        return reference.adam_field(w, m, v, c1, c2, g, lr=lr, beta1=beta1, beta2=beta2,
+                                    eps=eps, weight_decay=weight_decay, decoupled=decoupled,
+                                    maximize=maximize, out=out)
+    dw, dm, dv = out if out is not None else (torch.empty_like(m) for _ in range(3))
+    G = _effective_gradient(w, g, weight_decay, decoupled, maximize)
+    k = _coefficients(c1, c2, lr=lr, beta1=beta1, beta2=beta2, dtype=dt)
+    if k["floor"] is None:  # v' = max(v, floor) into dw
+        torch.clamp(v, min=0.0, out=dw)
+    else:
+        torch.maximum(v, torch.mul(m, m, out=dw).mul_(k["floor"]), out=dw)
+    torch.mul(G, G, out=dv).mul_(1 - beta2).sub_(torch.mul(dw, 1 - beta2, out=dm))
+    if k["on"] is False:  # c = 0 (numbers): the limits m/c₁ → G, √(v/c₂) → |G|
+        dw.copy_(G).abs_()
+        torch.mul(G, -lr, out=dm)
+    elif k["on"]:
+        torch.sqrt(dw, out=dw).div_(k["sqrt_c2"])
+        torch.mul(m, k["coef"], out=dm)
+    else:  # device clocks: lerp with weight off = [c = 0] picks one operand
+        torch.lerp(torch.sqrt(dw, out=dw).div_(k["sqrt_c2"]), G, k["off"], out=dw).abs_()
+        torch.lerp(m, G, k["off"], out=dm).mul_(k["coef"])
+    torch.div(dm, dw.add_(eps), out=dw)
+    if decoupled and weight_decay:
+        dw.sub_(torch.mul(w, lr * weight_decay, out=dm))
+    torch.sub(G, m, out=dm).mul_(1 - beta1)
+    if isinstance(c1, torch.Tensor):
+        return dw, dm, dv, (1 - c1.double()) * (1 - beta1), (1 - c2.double()) * (1 - beta2)
+    return dw, dm, dv, (1 - c1) * (1 - beta1), (1 - c2) * (1 - beta2)
+
+
+def _effective_gradient(w, g, weight_decay, decoupled, maximize):
+    """G = -g under maximize, + λW for Adam's coupled decay (``Flow.effective_gradient``'s
+    ops): g itself when neither applies."""
+    G = torch.neg(g) if maximize else g
+    if weight_decay and not decoupled:
+        G = G.add_(w, alpha=weight_decay) if maximize else g.add(w, alpha=weight_decay)
+    return G
+
+
+def _coefficients(c1, c2, *, lr, beta1, beta2, dtype) -> dict:
+    """The field's scalars as the reference computes them from 0-d float64 clocks
+    (``_BiasCorrected``, ``Adam.moment_floor``; ``x / t`` of a tensor t is
+    ``t.reciprocal() * x``): coef = -η/c₁, √c₂, the floor factor (1-β₂)/((1-β₁)c₁) (None:
+    no floor, v' = max(v, 0)). ``on`` (c₁, c₂ > 0): a bool for clocks given as numbers
+    (Python numbers come back); None for 0-d tensors (0-d tensors of ``dtype`` come back,
+    with off = [c = 0], coef = -η and √c₂ = 1 at c = 0, the floor factor 0 at c₁ = 0)."""
+    if not isinstance(c1, torch.Tensor):
+        c1, c2 = float(c1), float(c2)
+        on = c1 > 0 and c2 > 0
+        floor = (1.0 / ((1 - beta1) * c1)) * (1 - beta2) if c1 > 0 and beta1 <= beta2 else None
+        return dict(on=on, floor=floor, coef=(1.0 / c1) * -lr if on else None,
+                    sqrt_c2=math.sqrt(c2) if on else None)
+    C1, C2 = c1.to(torch.float64), c2.to(torch.float64)
+    on = (C1 > 0) & (C2 > 0)
+    k = dict(on=None, floor=None, off=(~on).to(dtype),
+             coef=(-lr / torch.where(on, C1, 1.0)).to(dtype),
+             sqrt_c2=torch.where(on, C2, 1.0).sqrt_().to(dtype))
+    if beta1 <= beta2:
+        pos = C1 > 0
+        k["floor"] = torch.where(pos, (1 - beta2) / ((1 - beta1) * torch.where(pos, C1, 1.0)),
+                                 0.0).to(dtype)
+    return k
