@@ -10,7 +10,9 @@ Tolerances ("ulp" = spacing of float32 at max(|old|, |new|) of that element):
   bfloat16 W: within 1 bfloat16 ulp of the float32-master reference rounded to bfloat16.
   Field: dm, dv bit-identical to the plain-torch reference; dW <= 3 ulp (Triton) counted at
     the operand scale lr*(|u| + wd|W|), since decoupled decay can cancel u; NaN exactly where
-    the reference has NaN.
+    the reference has NaN. CPU field: bit for bit reference.adam_field in float32 and float64
+    (clocks as numbers or 0-d tensors); with 0-d clocks, dW is also NaN where the input the
+    c = 0 choice does not use is non-finite (and dv where m is, at c = 0).
   Multi-tensor groups (one launch over a list, every tensor at its own step count): bit for
     bit the same backend's single-tensor kernel, and within the tolerances above of the
     reference. Low precision (bf16/fp16 W and/or states): every buffer within 1 ulp of its
@@ -499,6 +501,61 @@ def test_auto_backend_and_validation():
         K.rmsprop_step_(w, g, v, momentum=0.9)
     with pytest.raises(ValueError, match="c1"):
         K.adam_field(w, m, v, 1.5, 0.0, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("clocks", ["numbers", "state-dtype", "float64"])
+def test_cpu_field_is_the_reference_bit_for_bit(dtype, clocks):
+    """The CPU field (whole-buffer ops into ``out``) equals reference.adam_field bit for bit
+    on finite inputs, for clocks given as numbers and as 0-d tensors (state dtype or float64,
+    kept on the device: the c = 0 limit is chosen by lerp with weight [c = 0]), at c = 0,
+    c₂ = 0 < c₁ and c > 0, AdamW and Adam (coupled decay), maximize, β₁ > β₂ (no floor), with a
+    state where the moment floor binds."""
+    import fluxode.kernels as K
+    gen = torch.Generator().manual_seed(3)
+    r = lambda: torch.randn(1003, generator=gen, dtype=dtype)  # noqa: E731
+    w, g, m = r(), r(), 0.1 * r()
+    v = 0.01 * r().square()
+    v[::7] = 0.0  # below the floor (1-β₂)/(1-β₁)·m²/c₁ where m ≠ 0
+    for (c1, c2), dec, mx, betas in itertools.product(
+            ((0.0, 0.0), (0.4, 0.0), (0.4, 0.02), (1.0, 1.0)), (True, False), (False, True),
+            ((0.9, 0.999), (0.99, 0.9))):
+        cs = (c1, c2) if clocks == "numbers" else tuple(
+            torch.tensor(c, dtype=dtype if clocks == "state-dtype" else torch.float64)
+            for c in (c1, c2))
+        hp = dict(lr=1e-2, betas=betas, eps=1e-8, weight_decay=0.1, decoupled=dec,
+                  maximize=mx)
+        out = tuple(torch.full_like(m, float("nan")) for _ in range(3))
+        got = K.adam_field(w, m, v, *cs, g, out=out, backend="fused", **hp)
+        want = K.adam_field(w, m, v, *cs, g, backend="reference", **hp)
+        assert all(a is b for a, b in zip(got, out))
+        for name, a, b in zip(("dW", "dm", "dv"), got, want):
+            assert torch.equal(a, b), f"{name} at c = {(c1, c2)}, {hp}: " \
+                                      f"{int((a != b).sum())} elements differ"
+        for a, b in zip(got[3:], want[3:]):
+            assert type(a) is type(b) and float(a) == float(b)
+
+
+@pytest.mark.parametrize("c", [0.0, 0.4])
+def test_cpu_field_on_device_clocks_nan(c):
+    """Device clocks: NaN wherever the reference has NaN, dm exactly the reference's; dW
+    also NaN where an input the c = 0 choice does not use is non-finite (g at c > 0, m or v
+    at c = 0: lerp's 0·(b - a)), and at c = 0 dv too where m is (the floor factor is 0 there:
+    0·m²); nowhere else."""
+    import fluxode.kernels as K
+    gen = torch.Generator().manual_seed(4)
+    w, g, m, v, _ = _state(gen, 2003)
+    v[::97], m[5::101], g[7::89] = float("nan"), float("nan"), float("inf")
+    cs = (torch.tensor(c), torch.tensor(c / 2))
+    hp = dict(lr=1e-2, eps=1e-8, weight_decay=0.1)
+    dw, dm, dv, _, _ = K.adam_field(w, m, v, *cs, g, backend="fused", **hp)
+    rw, rm, rv, _, _ = K.adam_field(w, m, v, *cs, g, backend="reference", **hp)
+    _bits_equal("dm", dm, rm)
+    unused = ~g.isfinite() if c else ~(m.isfinite() & v.isfinite())
+    for name, a, b, extra in (("dW", dw, rw, unused),
+                              ("dv", dv, rv, ~m.isfinite() & (c == 0))):
+        assert torch.equal(a.isnan(), b.isnan() | extra), f"{name}: NaN elsewhere"
+        _bits_equal(name, a[~extra], b[~extra])
 
 
 def test_field_limit_at_tau0_and_euler_step_matches_adamw():

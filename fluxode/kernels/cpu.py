@@ -172,9 +172,9 @@ def adam_field(w, m, v, c1, c2, g, *, lr, beta1, beta2, eps, weight_decay, decou
     the host. Clocks given as 0-d tensors stay on the device (no host read): the limit is
     selected by ``torch.lerp`` with weight [c = 0] (3 more passes), which returns exactly
     one operand when the other is finite; where the unused operand is non-finite (g at
-    c > 0, m or v at c = 0) dW is NaN there (the reference selects with torch.where, a
-    scalar loop ~5× the cost of a pass here). Bit for bit the reference otherwise;
-    low-precision W or g: the reference itself."""
+    c > 0, m or v at c = 0) dW is NaN there, and at c₁ = 0 dv where m is (floor factor 0:
+    0·m²); the reference selects with torch.where, a scalar loop ~5× the cost of a pass
+    here. Bit for bit the reference otherwise; low-precision W or g: the reference itself."""
     dt = m.dtype
     if w.dtype != dt or g.dtype != dt:
         return reference.adam_field(w, m, v, c1, c2, g, lr=lr, beta1=beta1, beta2=beta2,
