@@ -12,7 +12,9 @@ Cost per evaluation = wall time / NFE (the three take about the same NFE; each i
 Rounds are interleaved and the median kept (the machine is shared). Ratio = fluxode / peer.
 
 ODE optimizer. An MLP 784→512→512→10 (float32, batch 128, random data, cross-entropy),
-``ODEOptimizer`` (AdamW flow) with rk4 (one step = 4 gradient evaluations) and dopri5; ratio =
+``ODEOptimizer`` (AdamW flow) with rk4 (one step = 4 gradient evaluations) and dopri5, each
+with the reference field (``backend="reference"``, the default) and the fused one
+(``backend="auto"``: ``fluxode.kernels.adam_field``), in the same rounds; ratio =
 step time / (NFE × one gradient evaluation: closure with zero_grad and backward). Extra
 memory: the peak of tensor bytes allocated during the step above the peak of one closure
 call, counted by a TorchDispatchMode that follows every storage an op allocates until it
@@ -162,30 +164,33 @@ def _mlp(seed=0):
     return model, x, y
 
 
-def _field_alone(opt, closure, rounds):
-    """Median times of one field evaluation of ``opt``'s ODE step (gradient gather included)
-    and of one closure, interleaved."""
+def _field_alone(opts, closure, rounds):
+    """Median times of one field evaluation of each optimizer's ODE step (gradient gather
+    included) and of one closure, interleaved: ({name: field time}, closure time)."""
     from ..optim import _Plan
 
     closure()
-    raw = {p: p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None}
-    plan = _Plan(opt, raw, 1.0)
-    out = torch.empty_like(plan.y0)
-    field, grad = [], []
+    plans = {}
+    for name, opt in opts.items():
+        raw = {p: p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None}
+        plan = _Plan(opt, raw, 1.0)
+        plans[name] = (plan, raw, torch.empty_like(plan.y0))
+    field, grad = {name: [] for name in opts}, []
     for _ in range(2 * rounds + 3):
-        t = time.perf_counter()
-        with torch.no_grad():
-            for flow, layout, units, seg, base, bufs in plan.groups:
-                gs = plan._unit_grads(flow, units, bufs, raw)
-                layout.field_into([b + 0.5 for b in base], plan.y0[seg], gs, out[seg])
-        field.append(time.perf_counter() - t)
+        for name, (plan, raw, out) in plans.items():
+            t = time.perf_counter()
+            with torch.no_grad():
+                for flow, layout, units, seg, base, bufs in plan.groups:
+                    gs = plan._unit_grads(flow, units, bufs, raw)
+                    layout.field_into([b + 0.5 for b in base], plan.y0[seg], gs, out[seg])
+            field[name].append(time.perf_counter() - t)
         t = time.perf_counter()
         closure()
         grad.append(time.perf_counter() - t)
-    return statistics.median(field), statistics.median(grad)
+    return {k: statistics.median(v) for k, v in field.items()}, statistics.median(grad)
 
 
-def optimizer_section(rounds, steps=3):
+def optimizer_section(rounds, steps=3, backends=("reference", "auto")):
     from ..ode_optimizer import ODEOptimizer
 
     model, x, y = _mlp()
@@ -198,8 +203,8 @@ def optimizer_section(rounds, steps=3):
         loss.backward()
         return loss
 
-    opts = {m: ODEOptimizer(model.parameters(), "adamw", method=m, lr=1e-4)
-            for m in ("rk4", "dopri5")}
+    opts = {(m, be): ODEOptimizer(model.parameters(), "adamw", method=m, lr=1e-4, backend=be)
+            for be in backends for m in ("rk4", "dopri5")}
     grad_t, step_t, nfe = [], {m: [] for m in opts}, {}
     for r in range(rounds + 1):
         t = time.perf_counter()
@@ -218,10 +223,11 @@ def optimizer_section(rounds, steps=3):
         if r:
             grad_t.append(g)
     tg = statistics.median(grad_t)
-    field_t, grad2_t = _field_alone(opts["rk4"], closure, rounds)
-    print(f"the AdamW field alone (Layout.field_into on the flat state, reference backend): "
-          f"{1e3 * field_t:.2f} ms per evaluation = {field_t / grad2_t:.2f} × one gradient "
-          f"({1e3 * grad2_t:.2f} ms, interleaved)", flush=True)
+    field_t, grad2_t = _field_alone({be: opts["rk4", be] for be in backends}, closure, rounds)
+    for be, ft in field_t.items():
+        print(f"the AdamW field alone (Layout.field_into on the flat state, backend {be!r}): "
+              f"{1e3 * ft:.2f} ms per evaluation = {ft / grad2_t:.2f} × one gradient "
+              f"({1e3 * grad2_t:.2f} ms, interleaved)", flush=True)
     state_bytes = {}
     for m, opt in opts.items():
         per_param = 0
@@ -243,13 +249,13 @@ def optimizer_section(rounds, steps=3):
         kept = sum(t.untyped_storage().nbytes() for t in [work.get("K"), *work.get("free", [])]
                    if t is not None) + sum(p.numel() * p.element_size()
                                            for p in model.parameters())  # W inside the flat state
-        stages = {"rk4": 4, "dopri5": 7}[m]
+        stages = {"rk4": 4, "dopri5": 7}[m[0]]
         ts = statistics.median(step_t[m])
         ratio = ts / (nfe[m] * tg)
         out[m] = (ts, nfe[m], ratio, extra / state_bytes[m])
-        print(f"ODEOptimizer adamw {m}: step {1e3 * ts:.2f} ms, nfe {nfe[m]:.1f}, one gradient "
+        print(f"ODEOptimizer adamw {m[0]} backend {m[1]!r}: step {1e3 * ts:.2f} ms, nfe {nfe[m]:.1f}, one gradient "
               f"{1e3 * tg:.2f} ms → step / (nfe × gradient) = {ratio:.3f} (target "
-              f"{1.2 if m == 'rk4' else 1.3}); extra peak memory {extra / 2**20:.1f} MiB = "
+              f"{1.2 if m[0] == 'rk4' else 1.3}); extra peak memory {extra / 2**20:.1f} MiB = "
               f"{extra / state_bytes[m]:.2f} × state ({state_bytes[m] / 2**20:.1f} MiB; target "
               f"≤ {stages + 2}); kept between steps {kept / 2**20:.1f} MiB = "
               f"{kept / n:.0f} B/param (stage buffers and W in the flat state)", flush=True)
