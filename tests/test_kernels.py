@@ -693,6 +693,43 @@ def test_integrators_use_the_fused_field():
     assert calls and torch.equal(ref.W, fused.W)
 
 
+def test_ode_optimizer_fused_field_is_the_reference_field(dtype=torch.float32):
+    """FlowOptimizer rk4/dopri5 with backend="auto" (the CPU field, clocks on the device)
+    follows backend="reference" bit for bit in float32 (the clocks' rates computed in their
+    own dtype, as vector_field does; float64: test_integrators_use_the_fused_field), and
+    calls the kernel."""
+    import fluxode.kernels as K
+    from fluxode.optim import FlowOptimizer
+    calls, real = [], K.cpu.adam_field
+
+    def spy(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+    for method in ("rk4", "dopri5"):
+        final = {}
+        for backend in ("reference", "auto"):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(),
+                                        torch.nn.Linear(5, 2)).to(dtype)
+            x, y = torch.randn(16, 6, dtype=dtype), torch.randint(0, 2, (16,))
+            opt = FlowOptimizer(model.parameters(), "adamw", method, lr=1e-2, backend=backend)
+
+            def closure():
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                return loss
+            K.cpu.adam_field = spy
+            try:
+                for _ in range(3):
+                    opt.step(closure)
+            finally:
+                K.cpu.adam_field = real
+            final[backend] = [p.detach().clone() for p in model.parameters()]
+        assert all(torch.equal(a, b) for a, b in zip(final["reference"], final["auto"]))
+    assert calls
+
+
 # ------------------------------------------------- flows carry their own fused kernels
 
 def test_flow_step_and_field_call_the_flows_own_kernel():

@@ -266,7 +266,8 @@ class Adam(Flow):
         return True
 
     def fused_field_into(self, tau, S, g, out, backend="auto"):
-        """(dW, dm, dv, dc₁, dc₂) in one pass through ``fluxode.kernels.adam_field``."""
+        """(dW, dm, dv) through ``fluxode.kernels.adam_field``; dc₁, dc₂ by the clocks' own
+        rates (``moment_rates``), in the clocks' dtype as ``vector_field`` computes them."""
         from .. import kernels
 
         if self.amsgrad:
@@ -274,13 +275,15 @@ class Adam(Flow):
         if not kernels.fits(S["W"], g, [S["m"], S["v"], out["W"], out["m"], out["v"]],
                             backend):
             return False
-        _, _, _, dc1, dc2 = kernels.adam_field(
-            S["W"], S["m"], S["v"], S["c1"], S["c2"], g, lr=self.eta(tau),
-            betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
-            decoupled=self.decoupled_decay, maximize=self.maximize,
-            out=(out["W"], out["m"], out["v"]), backend=backend)
-        out["c1"].copy_(dc1) if isinstance(dc1, Tensor) else out["c1"].fill_(dc1)
-        out["c2"].copy_(dc2) if isinstance(dc2, Tensor) else out["c2"].fill_(dc2)
+        kernels.adam_field(S["W"], S["m"], S["v"], S["c1"], S["c2"], g, lr=self.eta(tau),
+                           betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+                           decoupled=self.decoupled_decay, maximize=self.maximize,
+                           out=(out["W"], out["m"], out["v"]), backend=backend)
+        for name, clock in zip(("c1", "c2"), moment_rates(self.betas, tau, g)[2:]):
+            if isinstance(S[name], Tensor):
+                clock.rate(S[name], out[name])
+            else:
+                out[name].fill_(clock.rate(S[name]))
         return True
 
     def hyperparameters(self):
