@@ -157,7 +157,8 @@ def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: tor
                weight_decay: float = 0.0, decoupled: bool = True, maximize: bool = False,
                out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
                backend: str = "auto"):
-    """Adam/AdamW step-clock vector field, evaluated in one pass.
+    """Adam/AdamW step-clock vector field: one pass on CUDA (Triton); on CPU whole-buffer
+    torch ops written into ``out`` (no N-sized temporary for AdamW; ``cpu.adam_field``).
 
     Returns (dW, dm, dv, dc1, dc2)::
 
