@@ -60,9 +60,13 @@ KNOWN_GROUP_KEYS = ("params", "name", "initial_lr")  # keys torch itself and its
 
 class FlowOptimizer(torch.optim.Optimizer):
     """``FlowOptimizer(params, flow="adamw", method="discrete", *, h=1.0, substeps=1,
-    rtol=1e-3, atol=1e-6, max_steps=10_000, options=None, backend="reference",
+    rtol=1e-3, atol=1e-6, max_steps=10_000, options=None, backend=None,
     **hyperparameters)`` (hyperparameters under the flow's — torch.optim's — names; defaults
-    read from the installed torch twin; torch's own validation where there is a twin)."""
+    read from the installed torch twin; torch's own validation where there is a twin).
+
+    ``backend=None``: "reference" for the discrete method (torch.optim's single-tensor
+    arithmetic), "auto" for ODE methods (the flow's fused field where it has one: the same
+    values as the reference field, without its temporaries)."""
 
     default_method = "discrete"
     keep_stage_buffers = True
@@ -74,7 +78,7 @@ class FlowOptimizer(torch.optim.Optimizer):
     def __init__(self, params, flow: str | type[Flow] | Flow = "adamw", method: str | None = None,
                  *, h: float = 1.0, substeps: int = 1, rtol: float = 1e-3, atol: float = 1e-6,
                  max_steps: int = 10_000, options: dict | None = None,
-                 backend: str = "reference", **hyperparameters):
+                 backend: str | None = None, **hyperparameters):
         method = self.default_method if method is None else method
         if method != "discrete" and method not in engine.METHODS:
             raise ValueError(f"method must be one of {['discrete', *engine.METHODS]}, "
@@ -99,8 +103,9 @@ class FlowOptimizer(torch.optim.Optimizer):
             if flags.get(k):
                 raise NotImplementedError(f"{k}=True is not implemented by fluxode optimizers "
                                           f"(flow {proto.name!r}); use torch.optim for it")
-        if backend == "reference" and (flags.get("foreach") or flags.get("fused")):
-            backend = "auto"
+        if backend is None:
+            backend = "auto" if method != "discrete" or flags.get("foreach") \
+                or flags.get("fused") else "reference"
         self.proto, self.flow_name, self.method = proto, proto.name, method
         self.backend = check_backend(backend)
         self.substeps = positive_int("substeps", substeps)

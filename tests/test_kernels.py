@@ -728,6 +728,10 @@ def test_ode_optimizer_fused_field_is_the_reference_field(dtype=torch.float32):
             final[backend] = [p.detach().clone() for p in model.parameters()]
         assert all(torch.equal(a, b) for a, b in zip(final["reference"], final["auto"]))
     assert calls
+    w = [torch.nn.Parameter(torch.zeros(2))]  # the default: the fused field for ODE methods only
+    assert FlowOptimizer(w, "adamw", "rk4").backend == "auto"
+    assert FlowOptimizer(w, "adamw").backend == "reference"
+    assert FlowOptimizer(w, "adamw", foreach=True).backend == "auto"
 
 
 # ------------------------------------------------- flows carry their own fused kernels
