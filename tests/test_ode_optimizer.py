@@ -292,13 +292,15 @@ def test_moment_floor_holds_on_an_exact_adam_trajectory():
         assert bool((S["v"] >= floor * (1 - 1e-6)).all())
 
 
-def test_rk4_first_step_of_adamw_is_bounded():
+@pytest.mark.parametrize("flow", ["adamw", "nadam"])
+def test_rk4_first_step_of_adamw_is_bounded(flow):
     """From the singular start (m = v = c = 0) rk4's 3/8-rule stages leave the flow's invariant
-    set; the step must still move each weight by about lr, as the exact flow does."""
+    set; the step must still move each weight by about lr, as the exact flow does (NAdam: the
+    same moment floor, its c₁ read off c₂)."""
     model = _mlp(torch.float32)
     x, y = _data(torch.float32)
     W0 = [p.detach().clone() for p in model.parameters()]
-    opt = ODEOptimizer(model.parameters(), "adamw", "rk4", lr=1e-2)
+    opt = ODEOptimizer(model.parameters(), flow, "rk4", lr=1e-2)
     opt.step(_closure(model, opt, x, y))
     moved = max(float((p.detach() - w).abs().max()) for p, w in zip(model.parameters(), W0))
     assert 0.5e-2 < moved < 2e-2

@@ -48,6 +48,25 @@ def moment_rates(betas, tau, g, stepped: dict | None = None):
             Clock(b1, tau, report("c1")), Clock(b2, tau, report("c2")))
 
 
+def moment_floor(betas, m: Tensor, c1) -> Tensor | None:
+    """The bound v ≥ (1-β₂)/(1-β₁)·m²/c₁ of the exact flow ṁ = (1-β₁)(g-m), v̇ = (1-β₂)(g²-v),
+    ċ₁ = (1-β₁)(1-c₁) from m = v = c₁ = 0 (β₁ ≤ β₂, c₁ > 0; 0 at c₁ = 0; None for β₁ > β₂).
+
+    With wᵢ(s) = (1-βᵢ)e^{-(1-βᵢ)(τ-s)}: m = ∫w₁g, v = ∫w₂g², c₁ = ∫w₁, and Cauchy–Schwarz
+    with w₁/w₂ ≤ (1-β₁)/(1-β₂) gives m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂). A tensor c₁
+    is not read back to the host: the factor is chosen on the device."""
+    b1, b2 = betas
+    if b1 > b2:
+        return None
+    if isinstance(c1, Tensor):
+        floor = m.square().mul_((1 - b2) / ((1 - b1) * c1.double()))
+        return torch.where(c1 > 0, floor, 0.0)  # 0 at c₁ = 0 (not inf·m², NaN·0)
+    c1 = float(c1)
+    if c1 <= 0:
+        return None
+    return m.square().mul_((1 - b2) / ((1 - b1) * c1))
+
+
 def adam_sqrt_point(flow: Flow, kappa: float, **per_step: float) -> SqrtPoint:
     """Adam's square-root point for an Adam-like flow (betas, eps, decoupled_decay): lr·√κ,
     1-βᵢ → κ(1-βᵢ), ε/√κ, λ·√κ when decoupled, Σ → Σ/κ; ``per_step`` hyperparameters (rates
@@ -89,22 +108,8 @@ class Adam(Flow):
         self.vectors = ("m", "v", "vmax") if self.amsgrad else ("m", "v")
 
     def moment_floor(self, S) -> Tensor | None:
-        """The bound v ≥ (1-β₂)/(1-β₁)·m²/c₁ of the exact flow (β₁ ≤ β₂, c₁ > 0; 0 at c₁ = 0).
-
-        With wᵢ(s) = (1-βᵢ)e^{-(1-βᵢ)(τ-s)}: m = ∫w₁g, v = ∫w₂g², c₁ = ∫w₁, and Cauchy–Schwarz
-        with w₁/w₂ ≤ (1-β₁)/(1-β₂) gives m² ≤ v·∫w₁²/w₂ ≤ v·c₁·(1-β₁)/(1-β₂). A tensor c₁
-        is not read back to the host: the factor is chosen on the device."""
-        b1, b2 = self.betas
-        if b1 > b2:
-            return None
-        c1 = S["c1"]
-        if isinstance(c1, Tensor):
-            floor = S["m"].square().mul_((1 - b2) / ((1 - b1) * c1.double()))
-            return torch.where(c1 > 0, floor, 0.0)  # 0 at c₁ = 0 (not inf·m², NaN·0)
-        c1 = float(c1)
-        if c1 <= 0:
-            return None
-        return S["m"].square().mul_((1 - b2) / ((1 - b1) * c1))
+        """``moment_floor(betas, m, c₁)`` at this state (None: no bound)."""
+        return moment_floor(self.betas, S["m"], S["c1"])
 
     def admissible(self, S):
         floor = self.moment_floor(S)

@@ -83,7 +83,7 @@ import torch
 from torch import Tensor
 
 from .. import validation as check
-from .adam import adam_sqrt_point, moment_rates
+from .adam import adam_sqrt_point, moment_floor, moment_rates
 from .base import Block, Flow, Var
 from .capabilities import SqrtPoint
 from .rates import Clock, Linear, Term, Toward
@@ -176,6 +176,15 @@ class NAdam(Flow):
     def variables(self):
         return (Var("m"), Var("v"), Var("c2", "scalar", dtype="float64"),
                 Var("mu_product", "scalar", init=1.0, dtype="float64"))
+
+    def admissible(self, S):
+        """v ≥ Adam's moment floor (1-β₂)/(1-β₁)·m²/c₁, with c₁ = 1 - (1-c₂)^((1-β₁)/(1-β₂)),
+        the first-moment clock of the exact flow read off c₂ (NAdam keeps no c₁): a Runge–Kutta
+        stage from m = v = 0 cannot hold v < 0 (or v ≪ m²) where the field is unbounded."""
+        b1, b2 = self.betas
+        c1 = 1 - (1 - S["c2"]) ** ((1 - b1) / (1 - b2))
+        floor = moment_floor(self.betas, S["m"], c1)
+        return self._raise_to(S, {"v": 0.0 if floor is None else floor})
 
     def M(self, tau: float) -> float:
         """M(τ) = μ(τ + 1): the momentum coefficient of the step that starts at τ."""
@@ -276,6 +285,11 @@ class RAdam(Flow):
         self.betas = check.betas(betas)
         self.eps = check.positive("eps", eps)
         self.decoupled_decay = check.flag("decoupled_weight_decay", decoupled_weight_decay)
+
+    def admissible(self, S):
+        """v ≥ Adam's moment floor (``adam.moment_floor``): no stage with v < 0 beside m ≠ 0."""
+        floor = moment_floor(self.betas, S["m"], S["c1"])
+        return self._raise_to(S, {"v": 0.0 if floor is None else floor})
 
     @property
     def rho_inf(self) -> float:
