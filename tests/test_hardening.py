@@ -508,8 +508,12 @@ def test_second_concurrent_run_is_refused_and_the_first_finishes_intact(tmp_path
 @pytest.mark.slow
 def test_sigint_is_one_line_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
+    # SIGINT's default action in the child: a parent that ignores SIGINT (pytest-xdist's
+    # workers, a shell's background job) passes SIG_IGN on through exec, and Python then
+    # installs no KeyboardInterrupt handler — the run would rightly ignore the signal
     proc = subprocess.Popen(_cmd(out), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (out / T.CHECKPOINT).exists() and proc.poll() is None \
             and time.monotonic() < deadline:
