@@ -98,18 +98,41 @@ def _finite_norm(norm):
 Explain = Callable[[float, Tensor, Tensor | None], str | None]
 
 
-class _Field(nn.Module):
+class _StepGuard:
+    """Step statistics and guards shared by both steppers (torchdiffeq's callbacks and the
+    fused Runge–Kutta loop): a step below ``min_step``, one too small to advance τ, or more
+    than ``max_steps`` steps raises ``IntegrationError``."""
+
+    def _init_guard(self, min_step: float, max_steps: int) -> None:
+        self.min_step, self.max_steps = min_step, max_steps
+        self.nfe = self.steps = self.accepted = self.rejected = 0
+        self.min_dt = math.inf
+        self.last_nonfinite: str | None = None
+
+    def guard(self, t0: float, dt: float) -> None:
+        self.steps += 1
+        self.min_dt = min(self.min_dt, dt)
+        if dt < self.min_step or dt <= 1e-14 * abs(t0) or not math.isfinite(dt):
+            seen = f"; last problem seen: {self.last_nonfinite}" if self.last_nonfinite else ""
+            raise IntegrationError(
+                f"step size collapsed to {dt:.3g} at τ={t0:.6g} after {self.steps} steps "
+                f"(min_step={self.min_step:.3g}): the flow is stiff or blowing up here{seen}; "
+                "loosen rtol/atol, lower lr, or use a fixed-step method")
+        if self.steps > self.max_steps:
+            raise IntegrationError(
+                f"more than max_steps={self.max_steps} solver steps before τ={t0:.6g} "
+                f"(last step {dt:.3g}); raise max_steps or loosen rtol/atol")
+
+
+class _Field(nn.Module, _StepGuard):
     """F for torchdiffeq, with call counts, step guards and finiteness checks."""
 
     def __init__(self, rhs, explain: Explain | None, min_step: float, max_steps: int,
                  check_finite: bool, reject_nonfinite: bool):
         super().__init__()
         self.rhs, self.explain = rhs, explain
-        self.min_step, self.max_steps = min_step, max_steps
         self.check_finite, self.reject_nonfinite = check_finite, reject_nonfinite
-        self.nfe = self.steps = self.accepted = self.rejected = 0
-        self.min_dt = math.inf
-        self.last_nonfinite: str | None = None
+        self._init_guard(min_step, max_steps)
 
     def forward(self, t, y):
         self.nfe += 1
@@ -124,19 +147,7 @@ class _Field(nn.Module):
         return out
 
     def callback_step(self, t0, y0, dt):
-        self.steps += 1
-        dt, t0 = float(dt), float(t0)
-        self.min_dt = min(self.min_dt, dt)
-        if dt < self.min_step or dt <= 1e-14 * abs(t0) or not math.isfinite(dt):
-            seen = f"; last problem seen: {self.last_nonfinite}" if self.last_nonfinite else ""
-            raise IntegrationError(
-                f"step size collapsed to {dt:.3g} at τ={t0:.6g} after {self.steps} steps "
-                f"(min_step={self.min_step:.3g}): the flow is stiff or blowing up here{seen}; "
-                "loosen rtol/atol, lower lr, or use a fixed-step method")
-        if self.steps > self.max_steps:
-            raise IntegrationError(
-                f"more than max_steps={self.max_steps} solver steps before τ={t0:.6g} "
-                f"(last step {dt:.3g}); raise max_steps or loosen rtol/atol")
+        self.guard(float(t0), float(dt))
 
 
 class _AdaptiveField(_Field):
@@ -213,7 +224,7 @@ class _Tableau:
         self.stages = len(self.c) + 1
 
 
-class _RungeKutta:
+class _RungeKutta(_StepGuard):
     """Explicit Runge–Kutta steps of torchdiffeq's semantics on a flat state, with the stage
     derivatives as rows of one preallocated (s, n) buffer K:
 
@@ -233,7 +244,8 @@ class _RungeKutta:
                  min_step: float, max_steps: int, workspace: dict | None = None):
         self.tab = tab = _tableau(method)
         self.rhs, self.into, self.explain = rhs, into, explain
-        self.check_finite, self.min_step, self.max_steps = check_finite, min_step, max_steps
+        self.check_finite = check_finite
+        self._init_guard(min_step, max_steps)
         self.y0, self.work = y0, workspace
         K = None if workspace is None else workspace.get("K")
         if K is None or K.shape != (tab.stages, y0.numel()) or K.dtype != y0.dtype \
@@ -249,9 +261,6 @@ class _RungeKutta:
         self.b = vec(tab.b)
         self.e = None if tab.e is None else vec(tab.e)
         self.mid = None if tab.mid is None else vec(tab.mid)
-        self.nfe = self.steps = self.accepted = self.rejected = 0
-        self.min_dt = math.inf
-        self.last_nonfinite: str | None = None
 
     def buffer(self) -> Tensor:
         """A state-sized buffer: a spare one from the workspace, else a new one."""
@@ -300,20 +309,6 @@ class _RungeKutta:
         """y₁ becomes the state; y's buffer is free for the next step (unless it is y₀)."""
         self.Y, self.free = None, (None if y is self.y0 else y)
         return y1
-
-    def guard(self, t0: float, dt: float) -> None:
-        self.steps += 1
-        self.min_dt = min(self.min_dt, dt)
-        if dt < self.min_step or dt <= 1e-14 * abs(t0) or not math.isfinite(dt):
-            seen = f"; last problem seen: {self.last_nonfinite}" if self.last_nonfinite else ""
-            raise IntegrationError(
-                f"step size collapsed to {dt:.3g} at τ={t0:.6g} after {self.steps} steps "
-                f"(min_step={self.min_step:.3g}): the flow is stiff or blowing up here{seen}; "
-                "loosen rtol/atol, lower lr, or use a fixed-step method")
-        if self.steps > self.max_steps:
-            raise IntegrationError(
-                f"more than max_steps={self.max_steps} solver steps before τ={t0:.6g} "
-                f"(last step {dt:.3g}); raise max_steps or loosen rtol/atol")
 
     def first_nonfinite(self, t0: float, dt: float, y0: Tensor) -> str | None:
         """Words for the first non-finite stage of the step just taken (its input y
