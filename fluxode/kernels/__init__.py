@@ -97,6 +97,13 @@ def _impl(w: torch.Tensor, backend: str):
     return reference
 
 
+def _adam_hyperparameters(lr, betas, eps, weight_decay):
+    """(lr, (β₁, β₂), eps, weight_decay), checked: betas in [0, 1), the others ≥ 0."""
+    b = check.betas(tuple(betas))  # checked first, as before
+    return (check.at_least("lr", lr, 0.0), b, check.at_least("eps", eps, 0.0),
+            check.at_least("weight_decay", weight_decay, 0.0))
+
+
 def adam_step_(W: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *,
                step: int, lr: float = 1e-3, betas: Sequence[float] = (0.9, 0.999),
                eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False,
@@ -110,9 +117,7 @@ def adam_step_(W: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tenso
     W <- W - lr/(1-b1^k) * m / (sqrt(v)/sqrt(1-b2^k) + eps).
     """
     step = check_step(step)
-    b1, b2 = check.betas(tuple(betas))
-    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
-    wd = check.at_least("weight_decay", weight_decay, 0.0)
+    lr, (b1, b2), eps, wd = _adam_hyperparameters(lr, betas, eps, weight_decay)
     if amsgrad and vmax is None:
         raise ValueError("vmax must be given (a float32 buffer like v, zeros at step 1) "
                          "when amsgrad=True")
@@ -172,9 +177,7 @@ def adam_field(W: torch.Tensor, m: torch.Tensor, v: torch.Tensor, c1, c2, g: tor
     loads them itself). dW, dm, dv are in the state dtype
     (float32, or float64 for float64 W); pass ``out`` to reuse buffers.
     """
-    b1, b2 = check.betas(tuple(betas))
-    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
-    wd = check.at_least("weight_decay", weight_decay, 0.0)
+    lr, (b1, b2), eps, wd = _adam_hyperparameters(lr, betas, eps, weight_decay)
     impl = _impl(W, backend)
     c1, c2 = as_scalar("c1", c1, True), as_scalar("c2", c2, True)
     check_buffers(W, [("m", m), ("v", v), ("g", g)])
@@ -207,9 +210,7 @@ def adam_group_step_(Ws: Sequence[torch.Tensor], gs: Sequence[torch.Tensor],
     ``steps[i]`` (k >= 1, including this step); one launch (CPU: one fused op call) per dtype
     combination, in place. (``_parts``: what ``group_fits`` returned for exactly these
     lists, to skip validating them twice.)"""
-    b1, b2 = check.betas(tuple(betas))
-    lr, eps = check.at_least("lr", lr, 0.0), check.at_least("eps", eps, 0.0)
-    wd = check.at_least("weight_decay", weight_decay, 0.0)
+    lr, (b1, b2), eps, wd = _adam_hyperparameters(lr, betas, eps, weight_decay)
     if amsgrad and vmaxs is None:
         raise ValueError("vmaxs must be given (buffers like vs, zeros at step 1) when "
                          "amsgrad=True")
