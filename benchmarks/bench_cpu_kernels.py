@@ -8,12 +8,12 @@ Byte counts per fp32 parameter: see fluxode.kernels.bench.BYTES_PER_PARAM (AdamW
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from fluxode.io import write_json  # noqa: E402
 from fluxode.kernels.bench import format_table, run_cpu_bench  # noqa: E402
 
 
@@ -30,8 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     recs = run_cpu_bench(max_log2=a.max_log2, repeats=a.repeats, min_log2=a.min_log2)
     print(format_table(recs))
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(recs, indent=1))
+        write_json(a.json, recs)  # atomic, parents created
     return 0
 
 

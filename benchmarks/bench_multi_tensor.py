@@ -23,7 +23,6 @@ tensors (no backward pass is timed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -33,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from fluxode.io import write_json  # noqa: E402
 
 HP = dict(lr=1e-3, weight_decay=1e-2)
 
@@ -133,8 +134,7 @@ def main(argv=None) -> int:
         print(f"  max |W_torch - W_fluxode| = {rec['max_abs_diff_torch_vs_fluxode']:.3g}")
     print(f"\nload average {os.getloadavg()[0]:.2f} at end")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(out, indent=1))
+        write_json(a.json, out)  # atomic, parents created
     return 0
 
 
