@@ -18,7 +18,8 @@ error with ``rtol``/``atol``, try the whole interval as their first step and sto
 State. Per parameter, as torch keeps it: ``step`` and each of the flow's state variables with
 its declared shape (``flows.base.Var``), initialised by the flow (any value, possibly from the
 first effective gradient); exact float64 scalars (bias-correction clocks) are kept as Python
-floats, so a state-dict round trip does not round them. A parameter without a gradient is
+floats by the discrete step, so a state-dict round trip does not round them; an ODE step
+leaves them as 0-d views of its flat state (which it integrates), so it reads nothing back. A parameter without a gradient is
 skipped for the step in both modes, as torch does (its step count and state stay put). The
 discrete step keeps each group's bookkeeping between steps (``_Book``): the step counts as
 Python numbers (torch's ``step`` tensors are views of one buffer, advanced by one add), so a
@@ -155,6 +156,19 @@ class FlowOptimizer(torch.optim.Optimizer):
         state lacks starts now, from its declared initial value (momentum switched on
         mid-run; torch's ``momentum_buffer = None``); a clock from the step count (a state
         that came from torch)."""
+        st = self._complete_state(flow, p, g)
+        S = {"W": p}
+        for v in flow.variables():
+            key = self._key(flow, v)
+            x = st[key]
+            if v.is_clock and isinstance(x, Tensor):  # torch keeps such scalars as tensors
+                x = st[key] = x.item()
+            S[v.name] = torch.tensor(x, dtype=torch.float64) if v.is_clock else x
+        return S
+
+    def _complete_state(self, flow: Flow, p: Tensor, g: Tensor) -> dict:
+        """p's torch state, created or completed (see ``_state``); clocks are left as they
+        are (a Python number, or a 0-d tensor, which the ODE step keeps on the device)."""
         st = self.state[p]
         if not any(v is not None for v in st.values()):
             st.clear()
@@ -164,17 +178,12 @@ class FlowOptimizer(torch.optim.Optimizer):
                 st[self._key(flow, v)] = float(S[v.name]) if v.is_clock else S[v.name]
         if "step" not in st:  # torch's SGD keeps no step count
             st["step"] = self._remember(torch.tensor(1.0), 1)
-        S = {"W": p}
         for v in flow.variables():
             key = self._key(flow, v)
             if st.get(key) is None:  # a variable that starts now (momentum switched on)
                 st[key] = flow.clock_values(self._count(st))[v.name] if v.is_clock \
                     else v.initial(p, flow.effective_gradient(p, g))
-            x = st[key]
-            if v.is_clock and isinstance(x, Tensor):  # torch keeps such scalars as tensors
-                x = st[key] = x.item()
-            S[v.name] = torch.tensor(x, dtype=torch.float64) if v.is_clock else x
-        return S
+        return st
 
     # Step counts. torch keeps ``state["step"]`` as a float32 tensor per parameter (state
     # dicts stay torch's); the clocks τ = k·h are computed from the count k as a Python
@@ -458,12 +467,10 @@ class _Plan:
                 else [raw0[p] for p in active]
             clip_gradients_(g0, flow.max_grad_norm)
             for p, g in zip(active, g0):
-                opt._state(flow, p, g)
+                opt._complete_state(flow, p, g)
             plan.append((flow, active))
         every = [p for _, active in plan for p in active]
-        counts = torch.stack([torch.as_tensor(opt.state[p]["step"], dtype=torch.float64)
-                              for p in every]).tolist()  # one read for all step counts
-        self.count = dict(zip(every, counts))
+        self.count = {p: opt._count(opt.state[p]) for p in every}  # known: nothing is read
         devices = {p.device for p in every}
         if len(devices) > 1:
             raise ValueError("an ODE method needs every parameter with a gradient on one device "
@@ -515,7 +522,11 @@ class _Plan:
         for name, view in views.items():
             var = None if name == "W" else next(v for v in flow.variables() if v.name == name)
             if var is not None and var.is_clock:
-                view.fill_(sts[0][self.opt._key(flow, var)])
+                c = sts[0][self.opt._key(flow, var)]
+                if not isinstance(c, Tensor):
+                    view.fill_(c)
+                elif c.data_ptr() != view.data_ptr():  # a 0-d tensor: copied on the device
+                    view.copy_(c)
                 continue
             if var is not None and only_w_and_clocks:
                 continue
@@ -575,7 +586,7 @@ class _Plan:
                 layout.field_into([b + t for b in base], y[seg], gs, out[seg])
             return out
 
-        t = torch.tensor([0.0, self.h], dtype=torch.float64)
+        t = (0.0, self.h)
         work = None
         if self.opt.keep_stage_buffers:
             work = self.opt.__dict__.setdefault("_ode_work", {})
@@ -597,7 +608,8 @@ class _Plan:
         state tensors become views of one flat buffer, which the next step starts from
         without a gather, where dtype and device agree, else copied; once they are, y₁ is
         copied into that buffer, so they stay the same live tensors, as torch's are), step
-        counts, clocks (read back in one transfer)."""
+        counts (remembered, so the next step reads none), clocks (0-d views of y₁ in the
+        solver's dtype: nothing is read back)."""
         if self.kept:
             self.y0.copy_(y1)
             work = self.opt.__dict__.get("_ode_work")
@@ -626,12 +638,11 @@ class _Plan:
                             st[key].copy_(x)
                             copied = True
                     st["step"] += 1
+                    self.opt._remember(st["step"], self.count[p] + 1)
                     off += n
         self.opt._ode_flat = None if copied or not views else (self.signature, y1, views)
-        if clocks:
-            values = torch.stack([c.reshape(()) for _, _, c in clocks]).tolist()
-            for (st, key, _), x in zip(clocks, values):
-                st[key] = x
+        for st, key, c in clocks:  # 0-d views of y₁, never read back here
+            st[key] = c.reshape(())
 
 
 class _Book:

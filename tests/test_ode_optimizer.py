@@ -287,7 +287,7 @@ def test_moment_floor_holds_on_an_exact_adam_trajectory():
     for _ in range(30):
         opt.step(closure)
         st = opt.state[W]
-        S = {"m": st["exp_avg"], "v": st["exp_avg_sq"], "c1": torch.tensor(st["c1"])}
+        S = {"m": st["exp_avg"], "v": st["exp_avg_sq"], "c1": torch.as_tensor(st["c1"], dtype=torch.float64)}
         floor = flow.moment_floor(S)
         assert bool((S["v"] >= floor * (1 - 1e-6)).all())
 

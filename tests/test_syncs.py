@@ -179,3 +179,54 @@ def test_step_counts_per_tensor_survive_skips_and_state_dicts():
     for p, q in zip(a, b):
         assert torch.equal(p, q)
         assert torch.equal(fa.state[p]["step"], tb.state[q]["step"])
+
+
+@pytest.mark.parametrize("name", FLOWS)
+def test_ode_optimizer_rk4_step_syncs_at_most_once(name):
+    """ODEOptimizer rk4 (one solver step per optimizer step), steady state, on a small MLP
+    that continues from torch's own optimizer (its state dict: step tensors read once, at the
+    first step; RMSprop's v = 0 start is singular for a method that evaluates at τ = 0):
+    the step counts are known as numbers, the save times are numbers, the clocks stay 0-d
+    views of the flat state; only the once-per-step finiteness flag is read."""
+    from fluxode.ode_optimizer import ODEOptimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    twin = getattr(torch.optim, make_flow(name).torch_twin)
+    opt = twin(model.parameters(), lr=1e-3, **FLOWS[name])
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.step(closure)
+    state = opt.state_dict()
+    opt = ODEOptimizer(model.parameters(), name, method="rk4", lr=1e-3, **FLOWS[name])
+    opt.load_state_dict(state)
+    opt.step(closure)
+    with count_syncs() as syncs:
+        for _ in range(STEPS):
+            opt.step(closure)
+    syncs.assert_at_most(STEPS, f"{STEPS} rk4 steps of ODEOptimizer({name!r})")
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5"])
+@pytest.mark.parametrize("name", FLOWS)
+def test_integrate_syncs_at_most_once_per_solver_step(name, method):
+    """integrate: a fixed setup cost, then at most one sync per solver step (the fixed
+    methods' finiteness flag; the adaptive ones' error ratio): the marginal count between a
+    short and a long run is at most the marginal number of steps."""
+    from fluxode.integrate import integrate
+
+    counts = []
+    for T in (4.0, 16.0):
+        with count_syncs() as syncs:
+            traj = integrate(name, "quadratic", T=T, method=method, backend="auto")
+        counts.append((syncs.total, traj.stats["steps"]))
+    (s0, n0), (s1, n1) = counts
+    assert n1 > n0
+    assert s1 - s0 <= n1 - n0, (counts, syncs.report())

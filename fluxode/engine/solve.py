@@ -559,7 +559,7 @@ def _torchode(rhs, y0: Tensor, times: Tensor, method: str, rtol: float, atol: fl
 
 
 # --- the one solve ----------------------------------------------------------------------------
-def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
+def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
           method: str = "dopri5", rtol: float = 1e-7, atol: float = 1e-9,
           step_size: float | None = None, jumps: Sequence[float] = (),
           max_steps: int = 100_000, min_step: float = 0.0, options: dict | None = None,
@@ -567,8 +567,9 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
           explain: Explain | None = None, into: bool = False,
           solver: str = "torchdiffeq", final_only: bool = False,
           workspace: dict | None = None) -> tuple[Tensor, dict]:
-    """y at ``times`` (increasing float64 step-clock times; y(times[0]) = y0) for
-    dy/dτ = rhs(τ, y), with the method's statistics.
+    """y at ``times`` (increasing step-clock times, a float64 tensor or Python numbers, which
+    are then never read back from a tensor; y(times[0]) = y0) for dy/dτ = rhs(τ, y), with the
+    method's statistics.
 
     ``into=True``: ``rhs(τ, y, out)`` writes dy/dτ into ``out`` (no allocation per call).
     ``final_only=True``: return only y(times[-1]) (shape (1, …); no saved rows).
@@ -588,7 +589,11 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor, *,
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_max_steps(max_steps)
     opts = dict(options or {})
-    ts = times.tolist()  # the save times, read once
+    if isinstance(times, Tensor):
+        ts = times.tolist()  # the save times, read once
+    else:
+        ts = [float(t) for t in times]
+        times = torch.tensor(ts, dtype=torch.float64)
     T = ts[-1]
     jumps = [float(j) for j in jumps if ts[0] < float(j) < T]
     fixed = method in FIXED
