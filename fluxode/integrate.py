@@ -188,6 +188,9 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
     S0 = initial_state(flow, problem, W0, tau0)[0] if state is None \
         else _given_state(flow, problem, state)
     layout = Layout(flow, [W0.shape], backend)
+    if state is None:
+        engine.check_start([flow], method, "use an adaptive method (e.g. 'dopri5'), whose step-size "
+                           "control resolves the start, or start past it (state=, tau0=)")
     check_budget(times, method, step_size, check_max_steps(max_steps), layout.size,
                  W0.element_size())
     y0 = layout.pack([S0])

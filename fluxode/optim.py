@@ -482,6 +482,13 @@ class _Plan:
         for flow, active in plan:
             units = self._units(flow, active)
             layout = engine.Layout(flow, [u[1] for u in units], opt.backend)
+            if any(self.count[ps[0]] == 0 for ps, _ in units):  # the declared start
+                engine.check_start([flow], opt.method, (
+                    "take the first few steps with method='discrete' (torch.optim's update) "
+                    "or load the state of a few torch.optim steps, then set the optimizer's "
+                    f"method back to {opt.method!r} (one discrete step may not be enough: "
+                    "while the accumulator is small, rk4's 3/8-rule stages can push it below "
+                    "0, where the field is |g|/ε)"))
             base = [self.count[ps[0]] * h for ps, _ in units]
             bufs = [torch.empty(shape, dtype=dtype, device=ps[0].device) if len(ps) > 1
                     else None for ps, shape in units]

@@ -258,3 +258,50 @@ def test_every_fixed_method_runs():
     for m in FIXED:
         tr = integrate(make_flow("adam", lr=0.05), ravine(), T=5, method=m, step_size=0.5)
         assert torch.isfinite(tr.W).all()
+
+
+class _ConstantGradient(Problem):
+    """L(W) = c·W: the gradient is c everywhere."""
+
+    name, dtype = "constant-gradient", torch.float64
+
+    def __init__(self, c):
+        self.c, self.dim = c, c.numel()
+
+    def loss(self, W):
+        return (self.c * W).sum()
+
+    def grad(self, W, tau=0.0):
+        return self.c.clone()
+
+    def x0(self):
+        return torch.zeros_like(self.c)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adagrad"])
+def test_singular_start_is_refused_for_fixed_steps_and_resolved_by_dopri5(name):
+    """Under a constant gradient c from the declared start (accumulator 0), as ε → 0:
+    RMSprop v = (1-e^{-kτ})c², k = 1-α, W = W₀ - (2η/k)·sign(c)·artanh(√(1-e^{-kτ}));
+    Adagrad s = c²τ, W = W₀ - 2η·sign(c)·√τ. Ẇ ~ 1/√τ at the start: every fixed-step method
+    is refused there (it would evaluate |Ẇ| = η|c|/ε at τ = 0), dopri5 meets the closed form,
+    and a fixed-step method started past τ = 0 runs."""
+    eta, T = 0.01, 5.0
+    flow = make_flow(name, lr=eta, eps=1e-12)
+    c = torch.tensor([3.0, -0.5, 1e-3], dtype=torch.float64)
+    problem = _ConstantGradient(c)
+    for method in sorted(FIXED):
+        with pytest.raises(ValueError, match=rf"method '{method}'.*singular.*dopri5"):
+            integrate(flow, problem, T=T, method=method)
+    traj = integrate(flow, problem, T=T, method="dopri5", rtol=1e-10, atol=1e-12)
+    tau = traj.times
+    if name == "rmsprop":
+        k = 1 - flow.alpha
+        exact = -(2 * eta / k) * torch.atanh(torch.sqrt(-torch.expm1(-k * tau)))
+    else:
+        exact = -2 * eta * torch.sqrt(tau)
+    expected = exact[:, None] * torch.sign(c)
+    torch.testing.assert_close(traj.W, expected, rtol=1e-6, atol=1e-9)
+    past = {n: traj.states[n][1] for n in traj.states}
+    rk4 = integrate(flow, problem, T=T, method="rk4", state=past, tau0=float(tau[1]),
+                    step_size=0.01)
+    torch.testing.assert_close(rk4.W[-1], expected[-1], rtol=1e-6, atol=0)

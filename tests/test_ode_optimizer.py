@@ -470,3 +470,22 @@ def test_state_kept_as_views_of_the_flat_buffer_behaves_like_separate_tensors():
     before = m.clone()
     opt.step(closure)
     assert opt.state[W]["exp_avg"] is m and not torch.equal(m, before)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adagrad"])
+def test_fixed_steps_from_a_singular_start_are_refused_and_run_past_it(name):
+    """RMSprop/Adagrad start with the accumulator at 0, where Ẇ ~ 1/√τ (``singular_start``):
+    rk4 from a fresh state is refused with the model untouched; after a few discrete steps
+    (torch.optim's update: accumulator > 0) rk4 trains, the remedy the error names."""
+    model = _mlp(torch.float64)
+    x, y = _data(torch.float64)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = ODEOptimizer(model.parameters(), name, "rk4", lr=1e-2)
+    with pytest.raises(ValueError, match=r"method 'rk4'.*singular.*method='discrete'"):
+        opt.step(_closure(model, opt, x, y))
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    opt.method = "discrete"
+    first = [float(opt.step(_closure(model, opt, x, y))) for _ in range(5)][-1]
+    opt.method = "rk4"
+    losses = [float(opt.step(_closure(model, opt, x, y))) for _ in range(20)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < first

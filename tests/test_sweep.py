@@ -90,7 +90,7 @@ def test_h_sweep_rows_equal_their_own_discrete_flow_bit_for_bit(flow, grid, fixe
 @pytest.mark.parametrize("flow,grid,method", [
     ("sgd", {"lr": [0.01, 0.02], "momentum": [0.5, 0.9]}, "rk4"),
     ("adam", {"lr": [1e-2, 3e-2], "betas": [(0.9, 0.999), (0.8, 0.99)]}, "rk4"),
-    ("rmsprop", {"lr": [1e-2, 3e-2], "alpha": [0.9, 0.99]}, "midpoint")])
+    ("adadelta", {"lr": [0.5, 1.0], "rho": [0.9, 0.99]}, "midpoint")])
 def test_continuous_sweep_fixed_step_equals_integrate_bit_for_bit(flow, grid, method):
     prob = make_problem("ravine")
     res = SW.sweep_continuous(flow, prob, grid, T=4.0, method=method, step_size=0.25)
@@ -98,6 +98,17 @@ def test_continuous_sweep_fixed_step_equals_integrate_bit_for_bit(flow, grid, me
         ref = integrate(make_flow(flow, **p), prob, T=4.0, method=method, step_size=0.25)
         assert torch.equal(res.W[i], ref.W), p
         assert torch.equal(res.times, ref.times)
+
+
+def test_continuous_sweep_refuses_fixed_steps_from_a_singular_start():
+    """RMSprop from v = 0 (Ẇ ~ 1/√τ, ``Flow.singular_start``): a fixed-step sweep would
+    evaluate |Ẇ| = η|g|/ε at τ = 0 for every point; it is refused, dopri5 runs."""
+    prob = make_problem("ravine")
+    grid = {"lr": [1e-2, 3e-2]}
+    with pytest.raises(ValueError, match=r"method 'midpoint'.*'rmsprop'.*singular.*dopri5"):
+        SW.sweep_continuous("rmsprop", prob, grid, T=4.0, method="midpoint", step_size=0.25)
+    res = SW.sweep_continuous("rmsprop", prob, grid, T=4.0, method="dopri5")
+    assert bool(torch.isfinite(res.W).all()) and float(res.W.abs().max()) < 10
 
 
 def test_continuous_sweep_adaptive_meets_the_closed_form():

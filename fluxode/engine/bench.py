@@ -21,7 +21,9 @@ call, counted by a TorchDispatchMode that follows every storage an op allocates 
 is freed (CPU has no allocator statistics), in units of the state (W and the flow's
 variables) — target ≤ (stages + 2) × state; the step measured starts without the stage
 buffers an optimizer keeps between steps (``keep_stage_buffers``), which are printed
-separately with the copy of W in the flat state.
+separately with the copy of W in the flat state. The floor printed beside the ratio is the
+ratio an ideal step would reach that only streams the bytes the method must move
+(``traffic_floor``) at this machine's copy bandwidth, measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_solve.py [--rounds 5] [--sizes 3 5 6]
     OMP_NUM_THREADS=1 fluxode bench --solve [--rounds 5]
@@ -190,6 +192,38 @@ def _field_alone(opts, closure, rounds):
     return {k: statistics.median(v) for k, v in field.items()}, statistics.median(grad)
 
 
+def traffic_floor(method: str, nfe: float, state: int, params: int) -> float:
+    """Bytes an ideal ODE step must stream for ``nfe`` evaluations of an elementwise field on
+    a flat state of ``state`` bytes (``params``: bytes of W, and of g): each evaluation reads
+    the state and g and writes dy (2S + P) and, but for the start, puts W into the model
+    (2P; the last write is the step's result); each stage input y₀ + Δτ Σⱼ Aᵢⱼkⱼ reads y₀ and
+    the kⱼ it uses and writes one state, so does y₁ (unless FSAL), and an adaptive error
+    estimate reads its kⱼ, y₀ and y₁. Stages and weights are the method's tableau."""
+    from .solve import _tableau
+
+    tab = _tableau(method)
+    nnz = lambda row: sum(1 for a in row if a != 0)  # noqa: E731
+    per_step = sum(nnz(row) + 2 for row in tab.A)
+    if not tab.fsal:
+        per_step += nnz(tab.b) + 2
+    if tab.e is not None:
+        per_step += nnz(tab.e) + 2
+    solver_steps = (nfe - 1) / (tab.stages - 1) if tab.fsal else nfe / tab.stages
+    return nfe * (2 * state + params) + 2 * params * nfe + solver_steps * per_step * state
+
+
+def _copy_bandwidth(nbytes: int, rounds: int) -> float:
+    """Bytes per second of a copy between two buffers of ``nbytes`` (read + write counted)."""
+    x = torch.ones(nbytes // 4)
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(2 * rounds + 3):
+        t = time.perf_counter()
+        y.copy_(x)
+        times.append(time.perf_counter() - t)
+    return 2 * nbytes / statistics.median(times)
+
+
 def optimizer_section(rounds, steps=3, backends=("reference", "auto")):
     from ..ode_optimizer import ODEOptimizer
 
@@ -239,6 +273,7 @@ def optimizer_section(rounds, steps=3, backends=("reference", "auto")):
         state_bytes[m] = per_param
     with PeakBytes() as base:
         closure()
+    bandwidth = _copy_bandwidth(next(iter(state_bytes.values())), rounds)
     out = {}
     for m, opt in opts.items():
         opt.__dict__.pop("_ode_work", None)  # the kept stage buffers are allocated in the step
@@ -252,10 +287,13 @@ def optimizer_section(rounds, steps=3, backends=("reference", "auto")):
         stages = {"rk4": 4, "dopri5": 7}[m[0]]
         ts = statistics.median(step_t[m])
         ratio = ts / (nfe[m] * tg)
-        out[m] = (ts, nfe[m], ratio, extra / state_bytes[m])
+        floor = 1 + traffic_floor(m[0], nfe[m], state_bytes[m], 4 * n) / bandwidth / (
+            nfe[m] * tg)
+        out[m] = (ts, nfe[m], ratio, extra / state_bytes[m], floor)
         print(f"ODEOptimizer adamw {m[0]} backend {m[1]!r}: step {1e3 * ts:.2f} ms, nfe {nfe[m]:.1f}, one gradient "
               f"{1e3 * tg:.2f} ms → step / (nfe × gradient) = {ratio:.3f} (target "
-              f"{1.2 if m[0] == 'rk4' else 1.3}); extra peak memory {extra / 2**20:.1f} MiB = "
+              f"{1.2 if m[0] == 'rk4' else 1.3}; memory-traffic floor {floor:.2f} at "
+              f"{bandwidth / 1e9:.1f} GB/s); extra peak memory {extra / 2**20:.1f} MiB = "
               f"{extra / state_bytes[m]:.2f} × state ({state_bytes[m] / 2**20:.1f} MiB; target "
               f"≤ {stages + 2}); kept between steps {kept / 2**20:.1f} MiB = "
               f"{kept / n:.0f} B/param (stage buffers and W in the flat state)", flush=True)

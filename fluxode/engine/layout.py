@@ -99,3 +99,19 @@ class Layout:
                     if not torch.isfinite(v).all():
                         return f"non-finite rate d{name}/dτ{where(u)} at τ={tau:.6g}"
         return None
+
+
+def check_start(flows, method: str, remedy: str) -> None:
+    """Refuse a fixed-step ``method`` from the declared initial state of any of ``flows`` whose
+    field is singular there (``Flow.singular_start``): its first stage would be evaluated at
+    τ = 0, where only an adaptive step size resolves the start (``remedy``: what the caller
+    offers instead)."""
+    from .solve import FIXED
+
+    if method not in FIXED:
+        return
+    for flow in flows:
+        why = flow.singular_start()
+        if why:
+            raise ValueError(f"method {method!r} takes fixed steps from the start of flow "
+                             f"{flow.name!r}, where its field is singular ({why}): {remedy}")

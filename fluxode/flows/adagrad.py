@@ -39,6 +39,13 @@ class Adagrad(Flow):
         S["s"].fill_(self.initial_accumulator_value)
         return S
 
+    def singular_start(self):
+        """s(0) = 0 (initial_accumulator_value = 0): Ẇ ≈ -η·sign(g)/√τ as τ → 0."""
+        if self.initial_accumulator_value > 0:
+            return None
+        return ("s(0) = initial_accumulator_value = 0, so Ẇ ≈ -η·sign(g)/√τ near τ = 0 and "
+                "|Ẇ| = η|g|/ε at τ = 0")
+
     def admissible(self, S):
         """s ≥ s(0): the accumulator only grows."""
         return self._raise_to(S, {"s": self.initial_accumulator_value})

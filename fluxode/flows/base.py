@@ -228,6 +228,15 @@ class Flow(Capabilities):
 
     decoupled_decay: ClassVar[bool] = False
 
+    def singular_start(self) -> str | None:
+        """Why the field is unbounded (as ε → 0) at the declared initial state, or None.
+
+        RMSprop from v = 0 moves as Ẇ ≈ -η·sign(g)/√((1-α)τ): an integrable singularity the
+        exact flow passes, but a fixed-step method evaluates the field at τ = 0, where it is
+        g/ε, and its step is garbage (adaptive methods resolve it by shrinking the step).
+        Callers refuse fixed-step methods from such a start (``engine.check_start``)."""
+        return None
+
     def admissible(self, S: State) -> State:
         """S, or a copy moved onto the set the exact flow never leaves (default: S itself).
 

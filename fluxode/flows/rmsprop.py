@@ -44,6 +44,10 @@ class RMSprop(Flow):
         self.vectors = ("v",) + (("gbar",) if self.centered else ()) + (
             ("b",) if self.momentum else ())
 
+    def singular_start(self):
+        """v(0) = 0 (torch's start): Ẇ ≈ -η·sign(g)/√((1-α)τ) as τ → 0."""
+        return "v(0) = 0, so Ẇ ≈ -η·sign(g)/√((1-α)τ) near τ = 0 and |Ẇ| = η|g|/ε at τ = 0"
+
     def admissible(self, S):
         """v ≥ 0, and v ≥ ḡ² when centered (Jensen: a mean of squares ≥ the square of the mean,
         both means with the same weights)."""
