@@ -50,7 +50,7 @@ class OrderFit:
 
 def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
     """Least-squares slope of log(error) against log(h), with a Student-t interval (n-2 dof)."""
-    from scipy import stats
+    from scipy.special import stdtrit  # the t quantile, = scipy.stats.t.ppf (≈ 0.6 s to import)
 
     h = np.asarray(hs, dtype=float)
     e = np.asarray(errors, dtype=float)
@@ -77,7 +77,7 @@ def fit_order(hs, errors, confidence: float = 0.95) -> OrderFit:
     dof = len(h) - 2
     sxx = float(np.sum((x - x.mean()) ** 2))
     se = math.sqrt(float(resid @ resid) / dof / sxx) if dof > 0 else math.inf
-    tq = float(stats.t.ppf(0.5 + confidence / 2, dof))
+    tq = float(stdtrit(dof, 0.5 + confidence / 2))
     return OrderFit(float(slope), (float(slope - tq * se), float(slope + tq * se)), float(icpt),
                     se, confidence)
 
@@ -249,21 +249,32 @@ def _problem(problem):
 
 
 # --- demo -----------------------------------------------------------------------------------------
-def demo_error_vs_h(out_dir) -> dict:
-    """GD on the ravine: order-1 gap to gradient flow, order-2 gap to the modified flow
-    (Barrett & Dherin 2021). Writes error_vs_h.png and error_vs_h.json; returns the record."""
+def demo_sweeps() -> tuple[Sweep, Sweep]:
+    """GD (lr 0.01) on the ravine to T = 20 at h = 0.25·2⁻ʲ (j = 0..4): against gradient flow
+    (order 1) and against the modified flow (order 2; Barrett & Dherin 2021)."""
+    flow = make_flow("sgd", lr=0.01)
+    hs = [0.25 / 2 ** j for j in range(5)]
+    return (sweep(flow, "ravine", T=20.0, hs=hs),
+            sweep(flow, "ravine", T=20.0, hs=hs, modified=True))
+
+
+def write_demo_sweeps(plain: Sweep, mod: Sweep, out_dir) -> dict:
+    """``demo_sweeps``' figure and record: writes error_vs_h.png and error_vs_h.json to
+    ``out_dir``; returns the record."""
     from pathlib import Path
 
     from .io import write_json
     from .plotting import plot_sweeps
 
     out = Path(out_dir)
-    flow = make_flow("sgd", lr=0.01)
-    hs = [0.25 / 2 ** j for j in range(5)]
-    plain = sweep(flow, "ravine", T=20.0, hs=hs)
-    mod = sweep(flow, "ravine", T=20.0, hs=hs, modified=True)
     png = plot_sweeps([plain, mod], out / "error_vs_h.png",
                       title="GD on a ravine: gradient flow (order 1) vs modified flow (order 2)")
     record = {"plain": plain.to_dict(), "modified": mod.to_dict(), "figure": str(png)}
     write_json(out / "error_vs_h.json", record)
     return record
+
+
+def demo_error_vs_h(out_dir) -> dict:
+    """GD on the ravine: order-1 gap to gradient flow, order-2 gap to the modified flow
+    (``demo_sweeps``). Writes error_vs_h.png and error_vs_h.json; returns the record."""
+    return write_demo_sweeps(*demo_sweeps(), out_dir)

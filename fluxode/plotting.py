@@ -27,11 +27,13 @@ import math
 import sys
 from pathlib import Path
 
+import contourpy
 import matplotlib
 import numpy as np
 import torch
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
 from . import io
 
@@ -40,12 +42,30 @@ CONT = dict(color="#1f77b4", lw=1.8, label="continuous (ODE)")
 COLORS = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
+MINOR_DECADES = 2  # log axes spanning more decades get no minor ticks (see _style)
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def _decade(x, pos=None) -> str:
+    """The label 10ᵏ of a decade tick, in plain text (no mathtext to parse and lay out)."""
+    return "10" + str(round(math.log10(x))).translate(_SUPERSCRIPT)
+
+
 def _style(ax, xlabel="step clock τ", ylabel=None, log=False):
+    """Labels, a light major grid, no top/right spines. A log y axis over more than
+    ``MINOR_DECADES`` decades has ticks at decades only, labelled 10ᵏ in plain text: the
+    unlabelled 2…9 × 10ᵏ minor ticks and mathtext labels add nothing readable there and were
+    over half of what such a figure costs to draw (≈ 0.3 s per axis). Call it after
+    plotting, so the data limits are known."""
     ax.set_xlabel(xlabel)
     if ylabel:
         ax.set_ylabel(ylabel)
     if log:
         ax.set_yscale("log")
+        lo, hi = ax.get_ylim()
+        if hi > lo > 0 and math.log10(hi / lo) > MINOR_DECADES:
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FuncFormatter(_decade))
     ax.grid(True, which="major", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -74,14 +94,16 @@ def trajectory_panels(problem, comparisons, ncols: int | None = None, n_contours
     floor = 1e-4 * float(Z.max() - Z.min())      # log-spaced levels of L - min L
     Zs = Z - float(Z.min()) + floor
     levels = np.geomspace(floor * 3, float(Zs.max()), n_contours)
+    contours = contourpy.contour_generator(X, Y, Zs, line_type=contourpy.LineType.Separate)
+    lines = [line for level in levels for line in contours.lines(level)]  # once, every panel
     n = len(comparisons)
     ncols = ncols or n
     nrows = math.ceil(n / ncols)
     fig = Figure(figsize=(max(3.6 * ncols, 6.0), 3.3 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
     for ax, comp in zip(axes.flat, comparisons):
-        ax.contour(X, Y, Zs, levels=levels, colors="0.6", linewidths=0.6,
-                   norm=matplotlib.colors.LogNorm())
+        ax.add_collection(LineCollection(lines, colors="0.6", linewidths=0.6),
+                          autolim=False)
         d = comp.discrete.W.double().cpu().numpy()
         c = comp.continuous.W.double().cpu().numpy()
         ax.plot(d[:, 0], d[:, 1], **DISC)

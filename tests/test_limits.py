@@ -28,6 +28,12 @@ def test_fit_order_recovers_a_power_law_and_its_interval_covers_noisy_data():
     fit = L.fit_order(hs, noisy)
     assert fit.ci[0] < fit.order < fit.ci[1]
     assert fit.ci[0] < 2.0 < fit.ci[1]
+    from scipy import stats  # the interval is order ± t_{n-2}(0.5 + c/2)·stderr
+
+    for c in (0.9, 0.95, 0.99):
+        fit = L.fit_order(hs, noisy, confidence=c)
+        half = stats.t.ppf(0.5 + c / 2, len(hs) - 2) * fit.stderr
+        assert fit.ci == pytest.approx((fit.order - half, fit.order + half), rel=1e-13)
 
 
 @pytest.mark.parametrize("hs, errors", [([0.1, 0.05], [1.0, 0.5]), ([0.1, 0.05, 0.02], [1, 0, 1]),
