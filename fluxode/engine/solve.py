@@ -416,9 +416,14 @@ class _RungeKutta(_StepGuard):
             if accept:
                 self.accepted += 1
                 self.last_nonfinite = None
+                coeffs = None  # the step's interpolant, fitted once for all its save times
                 while j < len(times) and times[j] <= t1:
                     if sol is not None or j == len(times) - 1:
-                        v = y1 if times[j] == t1 else self.dense(y, y1, t0, t1, times[j])
+                        if times[j] == t1:
+                            v = y1
+                        else:
+                            coeffs = coeffs or self.interpolant(y, y1, dt)
+                            v = _polynomial(coeffs, (times[j] - t0) / dt)
                         if sol is None:
                             last = v
                         else:
@@ -449,19 +454,13 @@ class _RungeKutta(_StepGuard):
             return ifactor
         return min(ifactor, max(safety / r ** (1.0 / self.tab.order), 1.0 if r < 1 else dfactor))
 
-    def dense(self, y0: Tensor, y1: Tensor, t0: float, t1: float, t: float) -> Tensor:
-        """torchdiffeq's 4th-order interpolant of the step [t0, t1] at t."""
+    def interpolant(self, y0: Tensor, y1: Tensor, dt: float) -> list[Tensor]:
+        """torchdiffeq's 4th-order dense output of the step from y0 to y1 (Δτ = dt): the
+        coefficients of a polynomial in x = (τ - τ₀)/Δτ (``_polynomial``)."""
         from torchdiffeq._impl.interp import _interp_fit
 
-        dt = t1 - t0
         y_mid = torch.addmv(y0, self.K.T, self.mid, alpha=dt)
-        coeffs = _interp_fit(y0, y1, y_mid, self.K[0], self.K[-1], dt)
-        x = (t - t0) / dt
-        total, xp = coeffs[0] + x * coeffs[1], x
-        for c in coeffs[2:]:
-            xp = xp * x
-            total = total + xp * c
-        return total
+        return _interp_fit(y0, y1, y_mid, self.K[0], self.K[-1], dt)
 
     def initial_step(self, t0: float, y0: Tensor, rtol: float, atol: float, norm) -> float:
         """Hairer–Nørsett–Wanner's starting step (torchdiffeq's ``_select_initial_step``)."""
@@ -556,6 +555,15 @@ def _torchode(rhs, y0: Tensor, times: Tensor, method: str, rtol: float, atol: fl
         stats.update(step_size=float(step_size))
     sol = res.ys.transpose(0, 1) if batched else res.ys[0]  # (S, B, n) or (S, n)
     return sol, stats
+
+
+def _polynomial(coeffs: list[Tensor], x: float) -> Tensor:
+    """Σₖ coeffs[k]·xᵏ, in torchdiffeq's order of operations (``_interp_evaluate``)."""
+    total, xp = coeffs[0] + x * coeffs[1], x
+    for c in coeffs[2:]:
+        xp = xp * x
+        total = total + xp * c
+    return total
 
 
 # --- the one solve ----------------------------------------------------------------------------
