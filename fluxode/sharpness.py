@@ -56,50 +56,55 @@ def lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, k: int = 1, iters: int =
             tol: float = 1e-6, min_iters: int = 4, check: bool = False,
             seed: int = 0) -> Eigenpairs:
     """The k largest eigenpairs of the symmetric operator ``op`` by Lanczos with full
-    reorthogonalization from v0 (a vector, or an (n, j) block of previous eigenvectors: a warm
-    start from their sum plus a small random part, so a newly risen eigenvalue is not missed).
-    Stops when the k Ritz pairs' residual estimates are below tol·max(1, |λ₁|) (checked from
-    ``min_iters`` steps on) or after ``iters`` steps."""
+    reorthogonalization: Rayleigh–Ritz on the Krylov space of v0, T = QᵀAQ. v0 is a vector,
+    or an (n, b) block (e.g. previous eigenvectors): then *block* Lanczos from the block plus
+    one random vector, so a newly risen eigenvalue is not missed, and an eigenvalue of
+    multiplicity up to b is found whole — a single start vector's Krylov space holds one
+    vector per eigenspace, so it finds one copy of a repeated eigenvalue and reports
+    converged. Residuals ‖Auᵢ − λᵢuᵢ‖ = ‖R sᵢ‖ (R the last block's reorthogonalized
+    remainder, sᵢ's last block). Stops when the k Ritz pairs' residuals are below
+    tol·max(1, |λ₁|) (checked from ``min_iters`` products on) or when the basis would exceed
+    ``iters`` vectors (products)."""
     if iters < 1 or k < 1:
         raise ValueError(f"iters and k must be in [1, inf), got {iters}, {k}")
     if v0.dim() == 2:
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn(v0.shape[0], generator=gen, dtype=v0.dtype).to(v0.device)
-        q = v0.sum(1)
-        q = q / q.norm() + 1e-2 * noise / noise.norm()
+        noise = torch.randn(v0.shape[0], 1, generator=gen, dtype=v0.dtype).to(v0.device)
+        q = torch.linalg.qr(torch.cat([v0, noise], 1))[0].T
     else:
-        q = v0
-    q = q / q.norm()
-    Qbuf = torch.empty(iters, q.numel(), dtype=q.dtype, device=q.device)
-    alphas, betas = [], []
-    products, ritz = 0, None
+        q = (v0 / v0.norm())[None]
+    Qbuf = torch.empty(iters, v0.shape[0], dtype=v0.dtype, device=v0.device)
+    T = np.zeros((0, 0))
+    products, m = 0, 0
     while True:
-        j = len(alphas)
-        Qbuf[j] = q
-        w = op(q)
-        products += 1
-        alphas.append(float(w @ q))
-        Qm = Qbuf[:j + 1]
+        b = len(q)
+        Qbuf[m:m + b] = q
+        w = torch.stack([op(x) for x in q])
+        products += b
+        Qm = Qbuf[:m + b]
+        C = (Qm @ w.T).numpy()                                  # Qᵀ A q, (m + b, b)
+        T = np.block([[T, C[:m]], [C[:m].T, 0.5 * (C[m:] + C[m:].T)]])
+        m += b
         for _ in range(2):
-            w = w - Qm.T @ (Qm @ w)
-        b = float(w.norm())
-        m = len(alphas)
-        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+            w = w - (w @ Qm.T) @ Qm
         vals, vecs = np.linalg.eigh(T)
         kk = min(k, m)
-        res = [abs(b * vecs[-1, -1 - i]) for i in range(kk)]
-        ritz = (vals, vecs, res)
+        top = vecs[:, ::-1][:, :kk]
+        res = torch.from_numpy(top[m - b:].copy()).to(w).T @ w  # R sᵢ, (kk, n)
+        res = [float(r) for r in res.norm(dim=1)]
         scale = max(1.0, abs(vals[-1]))
-        invariant = b < 1e-12 * scale
-        done = kk == k and j + 1 >= min_iters and max(res) <= tol * scale
-        if invariant or done or j + 1 >= iters:
+        Rq, Rr = torch.linalg.qr(w.T)
+        keep = Rr.diagonal().abs() > 1e-12 * scale
+        invariant = not bool(keep.any())
+        done = kk == k and m >= min_iters and max(res) <= tol * scale
+        if invariant or done or m + int(keep.sum()) > iters:
             break
-        betas.append(b)
-        q = w / b
-    vals, vecs, res = ritz
-    kk = len(res)
-    S = torch.from_numpy(vecs[:, ::-1][:, :kk].copy()).to(v0.dtype).to(v0.device)
-    U = Qbuf[:len(alphas)].T @ S
+        q = Rq.T[keep]
+        for _ in range(2):
+            q = q - (q @ Qm.T) @ Qm
+        q = torch.linalg.qr(q.T)[0].T
+    S = torch.from_numpy(top.copy()).to(v0.dtype).to(v0.device)
+    U = Qbuf[:m].T @ S
     U = U / U.norm(dim=0, keepdim=True)
     values = [float(x) for x in vals[::-1][:kk]]
     if invariant:
