@@ -414,9 +414,12 @@ def central_flows(records: list[dict], title: str = ""):
         ax = axes[1, j]
         ax.plot(range(len(r["discrete_loss"])), r["discrete_loss"], color="C0", lw=0.5,
                 alpha=0.4, label="discrete")
-        ax.plot(t, r["discrete_loss_avg"], color="C0", label=f"discrete, {r['window']}-step mean")
+        ax.plot(t, r["discrete_loss_avg"], color="C0", label=f"discrete, {r['window']} mean")
         ax.plot(t, r["plain_loss"], color="C2", ls="--", label="plain flow")
         ax.plot(t, r["predicted_loss"], color="C3", label="central: L + ½σ²S")
+        if "predicted_loss_avg" in r:  # the measure: both curves through the same filter
+            ax.plot(t, r["predicted_loss_avg"], color="C3", ls=":",
+                    label=f"central, {r['window']} mean")
         _style(ax, ylabel="loss", log=True)
         ax.legend(fontsize=8)
         ax = axes[2, j]
