@@ -48,16 +48,24 @@ def vector_field(flow: Flow, tau: float, S: State, g: Tensor, H: Tensor | None =
 
 
 def euler_step_(flow: Flow, tau: float, S: State, g: Tensor, h: float = 1.0,
-                H: Tensor | None = None) -> None:
-    """One partitioned Euler step of size h, in place on S (g: raw, already clipped)."""
+                H: Tensor | None = None, blocks: list | None = None) -> None:
+    """One partitioned Euler step of size h, in place on S (g: raw, already clipped).
+
+    A tensor state moves in place (``rate.euler_``); a scalar kept as a Python number (an
+    exact clock) is replaced by its new value (``rate.euler``). ``blocks``: ``flow.blocks()``
+    when the caller steps several tensors with one flow (built once, not per tensor)."""
     ge = flow.effective_gradient(S["W"], g, H)
-    for block in flow.blocks():
+    for block in flow.blocks() if blocks is None else blocks:
         if isinstance(block, Envelope):
             torch.maximum(S[block.name], S[block.source], out=S[block.name])
             continue
         rates = block.field(tau, S, ge)  # evaluated before any of this block's states move
         for name, rate in zip(block.names, rates):
-            rate.euler_(S[name], h)
+            x = S[name]
+            if isinstance(x, Tensor):
+                rate.euler_(x, h)
+            else:
+                S[name] = rate.euler(x, h)
 
 
 def run_discrete(flow: Flow, grad_fn: Callable[[Tensor], Tensor], W0: Tensor, steps: int,

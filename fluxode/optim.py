@@ -244,20 +244,25 @@ class FlowOptimizer(torch.optim.Optimizer):
 
     def _tensor_steps(self, flow: Flow, book: _Book, params, grads, taus, h: float) -> None:
         """The group's step tensor by tensor (``engine.step_``: the flow's fused single-tensor
-        kernel or the partitioned Euler step); clocks that follow a ``Clock`` rate come back
-        as Python numbers from their closed form, any other scalar is read back."""
+        kernel or the partitioned Euler step) on the book's step dicts (``_Book.steppers``),
+        with the flow's blocks built once for the group; clocks that follow a ``Clock`` rate
+        come back as Python numbers from their closed form, any other scalar is read back."""
         closed = book.closed_clocks(flow)
-        for p, g, tau, k, S0 in zip(params, grads, taus, book.counts, book.states):
-            S = dict(S0)
-            for name, _ in book.clocks:
-                S[name] = torch.tensor(S0[name], dtype=torch.float64)
-            if p.is_complex() and flow.complex_as_real:  # as torch does
-                S = {n: torch.view_as_real(x) if x.is_complex() else x for n, x in S.items()}
+        steppers = book.steppers(closed, self.backend)
+        blocks = flow.blocks()
+        for S, S0, g, tau, k in zip(steppers, book.states, grads, taus, book.counts):
+            for name, _ in book.clocks:  # this step's clocks, from the book's numbers
+                if isinstance(S[name], Tensor):
+                    S[name].fill_(S0[name])
+                else:
+                    S[name] = S0[name]
+            if S["W"] is not S0["W"]:  # a complex parameter, stepped on its real view
                 g = torch.view_as_real(g)
-            engine.step_(flow, S, g, tau, h, backend=self.backend)
+            engine.step_(flow, S, g, tau, h, backend=self.backend, blocks=blocks)
             for name, _ in book.clocks:  # after the step: count k + 1
-                S0[name] = Clock.value(closed[name], k + 1, h) if name in closed \
-                    else float(S[name])
+                x = S[name]
+                S0[name] = x if not isinstance(x, Tensor) else \
+                    Clock.value(closed[name], k + 1, h) if name in closed else float(x)
 
     def _book(self, group: dict, flow: Flow, params: list[Tensor], grads: list[Tensor]
               ) -> _Book:
@@ -686,6 +691,7 @@ class _Book:
                        for p, st in zip(params, self.sts)]
         self.tensors = self._tensors()
         self.real = not any(p.is_complex() for p in params)
+        self._steppers = None  # (clocks kept as numbers, the step dicts): ``steppers``
 
     def _set_flow(self, flow: Flow) -> None:
         self.flow, self.closed = flow, None
@@ -725,6 +731,28 @@ class _Book:
         if self.closed is None:
             self.closed = flow.clock_rates()
         return self.closed
+
+    def steppers(self, closed: dict, backend: str) -> list[dict]:
+        """Per tensor, the dict a tensor step runs on, built once and kept with the book: W
+        and the variables (their real views for a complex parameter of a ``complex_as_real``
+        flow), each clock as a Python number where the generic step takes one (a closed
+        clock, reference backend: ``rates.Clock.euler``), else as a 0-d float64 tensor kept
+        here (a fused kernel or an in-place rate fills it); ``_tensor_steps`` sets the clocks
+        from ``states`` before each step."""
+        numbers = tuple(name for name, _ in self.clocks
+                        if name in closed and backend == "reference")
+        if self._steppers is None or self._steppers[0] != numbers:
+            tensors = {name for name, _ in self.clocks} - set(numbers)
+            out = []
+            for S0 in self.states:
+                S = {n: torch.tensor(x, dtype=torch.float64) if n in tensors else x
+                     for n, x in S0.items()}
+                if S0["W"].is_complex() and self.flow.complex_as_real:  # as torch does
+                    S = {n: torch.view_as_real(x) if isinstance(x, Tensor) and x.is_complex()
+                         else x for n, x in S.items()}
+                out.append(S)
+            self._steppers = (numbers, out)
+        return self._steppers[1]
 
     def advance(self) -> None:
         """Every count k ← k + 1 (one add on the buffer); the clocks into the torch state."""

@@ -53,14 +53,23 @@ def test_verify_net_holds_only_the_shapes_a_flow_takes():
 
 
 @pytest.mark.slow
-def test_parallel_verify_gives_the_serial_records_in_order():
-    """Two worker processes (spawned, single-threaded) against this process, 3 steps (the
-    workers' start, importing torch and torch._dynamo, is most of the time)."""
+def test_parallel_verify_gives_the_serial_records_in_order(monkeypatch):
+    """workers=2: one spawned, single-threaded worker and this process, 3 steps (the worker's
+    start, importing torch, is most of the time). This process takes cases from the back of
+    the list (the last at least: the pool queues only the first few ahead), the worker from
+    the front; records and progress come in case order."""
+    import fluxode.verify as v
+
     flows = ["rprop", "adamax"]
+    todo = [c for c in cases() if c.flow in flows]
     serial = verify("float64", 3, flows=flows, workers=1)
-    assert verify("float64", 3, flows=flows, workers=2) == serial
-    assert [(r["flow"], r["options"]) for r in serial] == \
-        [(c.flow, c.label()) for c in cases() if c.flow in flows]
+    assert [(r["flow"], r["options"]) for r in serial] == [(c.flow, c.label()) for c in todo]
+    here, real = [], v._run
+    monkeypatch.setattr(v, "_run", lambda case, *a: here.append(case) or real(case, *a))
+    shown = []
+    assert verify("float64", 3, flows=flows, workers=2, progress=shown.append) == serial
+    assert shown == serial
+    assert 1 <= len(here) <= len(todo) and here == todo[::-1][:len(here)]
 
 
 def test_a_failing_case_is_named_in_the_error():
@@ -152,3 +161,68 @@ def test_run_case_detects_a_real_difference(monkeypatch):
     monkeypatch.setattr(v, "FlowOptimizer", off)
     rec = v.run_case(case, torch.float64, 50)
     assert not rec["bitwise"] and rec["max_rel_err"] > 1e-12
+
+
+def test_a_clock_kept_as_a_number_steps_as_a_tensor_clock_does():
+    """The generic Euler step moves a clock held as a Python number to the value
+    (``rates.Clock.euler``, c = 1 - βᵏ) that a 0-d tensor clock gets in place, and every
+    other state the same, bit for bit (Adam, float64, two tensors sharing one ``blocks()``,
+    as ``FlowOptimizer`` steps a group)."""
+    from fluxode.discretize import euler_step_
+
+    flow = FLOWS["adam"](lr=1e-2)
+    clocks = [v.name for v in flow.variables() if v.is_clock]
+    assert clocks == ["c1", "c2"]
+    torch.manual_seed(0)
+    Ws = [torch.randn(3, 4, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    tensors = [flow.init(W.clone()) for W in Ws]
+    numbers = [{n: float(x) if n in clocks else x.clone() for n, x in S.items()}
+               for S in tensors]
+    blocks = flow.blocks()
+    for k in range(4):
+        for St, Sn in zip(tensors, numbers):
+            g = torch.randn_like(St["W"])
+            euler_step_(flow, float(k), St, g)
+            euler_step_(flow, float(k), Sn, g, blocks=blocks)
+            for n in clocks:
+                assert type(Sn[n]) is float and Sn[n] == float(St[n]) == 1 - flow.betas[
+                    clocks.index(n)] ** (k + 1)
+            assert all(torch.equal(St[n], Sn[n]) for n in St if n not in clocks)
+            assert not torch.equal(St["W"], Ws[0] if St is tensors[0] else Ws[1])
+
+
+@pytest.mark.parametrize("flow", ["adam", "nadam", "asgd"])
+def test_a_discrete_step_creates_no_clock_tensors_after_the_first(flow, monkeypatch):
+    """The group's step dicts are built once (``_Book.steppers``): closed-form clocks (Adam's
+    c₁, c₂) are Python numbers, others (NAdam's μ-product, ASGD's η, μ) float64 0-d tensors
+    kept and refilled, so a later step makes no float64 scalar tensor (the flows' own rates
+    still round through torch's float32 scalar dtype, as torch does); the steps stay
+    torch's."""
+    from torch import nn
+
+    from fluxode.optim import FlowOptimizer
+
+    torch.manual_seed(0)
+    nets = [nn.Linear(3, 2).double() for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [FLOWS[flow](lr=1e-2).reference_optimizer(nets[0].parameters()),
+            FlowOptimizer(nets[1].parameters(), flow, lr=1e-2)]
+    x = torch.randn(4, 3, dtype=torch.float64)
+
+    made, real = [], torch.tensor
+
+    def step(count: bool):
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            if count and opt is opts[1]:  # fluxode's step only
+                monkeypatch.setattr(torch, "tensor",
+                                    lambda *a, **k: made.append(k.get("dtype")) or real(*a, **k))
+            opt.step()
+            monkeypatch.setattr(torch, "tensor", real)
+    step(False)
+    for _ in range(5):
+        step(True)
+    assert torch.float64 not in made
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.equal(a, b)

@@ -40,14 +40,17 @@ class Oracle:
 
 
 def step_(flow: Flow, S: State, g: Tensor, tau: float, h: float = 1.0,
-          H: Tensor | None = None, backend: str = "reference") -> None:
-    """One partitioned Euler step of size h from τ, in place on S (g: raw, already clipped)."""
+          H: Tensor | None = None, backend: str = "reference", blocks: list | None = None
+          ) -> None:
+    """One partitioned Euler step of size h from τ, in place on S (g: raw, already clipped;
+    ``blocks``: ``flow.blocks()`` built once by a caller that steps many tensors; a fused
+    kernel takes clocks as 0-d tensors, the generic step also as Python numbers)."""
     if backend != "reference" and H is None:
         from ..kernels import flow_step_
 
         if flow_step_(flow, tau, S, g, h, backend):
             return
-    euler_step_(flow, tau, S, g, h, H)
+    euler_step_(flow, tau, S, g, h, H, blocks)
 
 
 def evaluate(flow: Flow, oracle, W: Tensor, tau: float,

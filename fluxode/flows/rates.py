@@ -131,7 +131,9 @@ class Clock:
     rather than accumulating k roundings. It assumes c holds the Euler iterate at τ, which is
     true whenever the clock started at 0 at τ = 0 and only this scheme advanced it.
 
-    ``report``, if given, receives the new value (a Python number) when ``euler_`` runs: a
+    A clock kept as a Python number (the discrete optimizer's exact scalars) steps by
+    ``euler``, which returns the new value; a 0-d tensor steps in place by ``euler_``.
+    ``report``, if given, receives the new value (a Python number) when either runs: a
     later block of the same partitioned step then uses the clock without reading it back
     from the device (Adam's bias corrections)."""
 
@@ -149,11 +151,16 @@ class Clock:
         r = (1 - x) * (1 - self.keep)
         return r if out is None else out.copy_(r)
 
-    def euler_(self, x: Tensor, h: float) -> None:
+    def euler(self, x: float, h: float) -> float:
+        """The clock at τ + h, c = 1 - κ_hᵏ with k = (τ + h)/h (x, its value at τ, is not
+        read: the closed form needs none)."""
         c = Clock.value(self.keep, round((float(self.tau) + h) / h), h)
-        x.fill_(c)
         if self.report is not None:
             self.report(c)
+        return c
+
+    def euler_(self, x: Tensor, h: float) -> None:
+        x.fill_(self.euler(x, h))
 
 
 @dataclass(frozen=True)
