@@ -17,7 +17,7 @@ as η on that step) and separately checks that the flow's own η(k) equals the l
 every step k (``schedule_max_rel_err``, within 1e-12).
 
 Cost: the net has 62 numbers, so each case runs single-threaded (``fluxode.threads``), and
-``verify`` spreads the cases over worker processes and this one when there is enough work.
+``verify`` spreads the cases over worker processes when there is enough work.
 About half of a case's time is torch's own side (forward, backward, the reference step).
 """
 
@@ -280,8 +280,8 @@ def verify(dtype: str = "float64", steps: int = 1000, flows: list[str] | None = 
     """Every case (of ``flows``, default all with a reference) for ``steps`` steps; one record
     per case, in ``cases()`` order, with ``ok`` set against ``tolerance``.
 
-    ``workers``: processes to run the cases in, this one included (``workers - 1`` are
-    spawned; each runs single-threaded; the records are the same as a serial run's). None: the available cores when the work (cases × steps) is at
+    ``workers``: processes to run the cases in (each single-threaded; the records are the
+    same as a serial run's). None: the available cores when the work (cases × steps) is at
     least ``PARALLEL_MIN_WORK`` and every flow class can be sent to a worker, else 1 (in this
     process, single-threaded as ``threads.for_size`` decides). ``progress(rec)`` is called in
     order as records arrive."""
@@ -318,35 +318,18 @@ def verify(dtype: str = "float64", steps: int = 1000, flows: list[str] | None = 
 
 
 def _parallel(todo, classes, dtype, steps, workers, progress) -> list[dict]:
-    """The cases on ``workers - 1`` spawned processes and this one: the workers take cases
-    from the front of the list, this process (otherwise idle, and already past the imports
-    a worker pays first) from the back, each case it takes withdrawn from the pool before a
-    worker starts it; records and ``progress`` stay in case order."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    pool = ProcessPoolExecutor(workers - 1, mp_context=multiprocessing.get_context("spawn"),
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=threads.single)
-    records: list[dict | None] = [None] * len(todo)
+    records = []
     try:
-        futures = [pool.submit(_worker_run, (c, classes[c.flow], dtype, steps)) for c in todo]
-        back, done = len(todo) - 1, 0  # the next case from the back; records handed out
-        with threads.for_size(NET_SIZE):
-            while done < len(todo):
-                if back >= done and futures[back].cancel():  # not started: run it here
-                    records[back] = _run(todo[back], dtype, steps)
-                    back -= 1
-                else:  # the pool started it (and every case before it): wait in order
-                    back = -1
-                    if records[done] is None:
-                        records[done] = futures[done].result()
-                while done < len(todo) and (records[done] is not None
-                                            or futures[done].done()):
-                    if records[done] is None:
-                        records[done] = futures[done].result()
-                    if progress:
-                        progress(records[done])
-                    done += 1
+        tasks = [(c, classes[c.flow], dtype, steps) for c in todo]
+        for rec in pool.map(_worker_run, tasks):
+            records.append(rec)
+            if progress:
+                progress(rec)
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         raise
