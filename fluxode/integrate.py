@@ -26,6 +26,7 @@ from torch import Tensor
 
 from . import engine
 from .engine import ADAPTIVE, FIXED, METHODS, IntegrationError, Layout, all_finite
+from .engine.layout import ADAPTIVE_REMEDY
 from .engine.solve import check_max_steps
 from .flows import Flow, State, make_flow
 from .problems import Problem, make_problem
@@ -189,8 +190,8 @@ def integrate(flow: Flow | str, problem: Problem | str, x0: Tensor | None = None
         else _given_state(flow, problem, state)
     layout = Layout(flow, [W0.shape], backend)
     if state is None:
-        engine.check_start([flow], method, "use an adaptive method (e.g. 'dopri5'), whose step-size "
-                           "control resolves the start, or start past it (state=, tau0=)")
+        engine.check_start([flow], method, f"{ADAPTIVE_REMEDY}, or start past it (state=, "
+                           "tau0=)")
     check_budget(times, method, step_size, check_max_steps(max_steps), layout.size,
                  W0.element_size())
     y0 = layout.pack([S0])

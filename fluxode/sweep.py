@@ -612,8 +612,7 @@ def sweep_continuous(flow_name: str, problem, grid: dict, T: float, save_at=None
     W0 = _start(problem, W0)
     oracle = engine.Oracle(batched_grad(problem))
     layout = engine.Layout(flows[0], [(W0.numel(),)])
-    engine.check_start(flows, method, "use an adaptive method (e.g. 'dopri5'), whose "
-                       "step-size control resolves the start")
+    engine.check_start(flows, method)
     from .engine.solve import check_max_steps
     from .integrate import check_budget
 

@@ -101,7 +101,11 @@ class Layout:
         return None
 
 
-def check_start(flows, method: str, remedy: str) -> None:
+ADAPTIVE_REMEDY = ("use an adaptive method (e.g. 'dopri5'), whose step-size control resolves "
+                   "the start")
+
+
+def check_start(flows, method: str, remedy: str = ADAPTIVE_REMEDY) -> None:
     """Refuse a fixed-step ``method`` from the declared initial state of any of ``flows`` whose
     field is singular there (``Flow.singular_start``): its first stage would be evaluated at
     τ = 0, where only an adaptive step size resolves the start (``remedy``: what the caller

@@ -597,11 +597,11 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
     rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
     max_steps = check_max_steps(max_steps)
     opts = dict(options or {})
-    if isinstance(times, Tensor):
-        ts = times.tolist()  # the save times, read once
-    else:
-        ts = [float(t) for t in times]
-        times = torch.tensor(ts, dtype=torch.float64)
+    # the save times as numbers: read once from a tensor; numbers are never made a tensor
+    # unless torchdiffeq's or torchode's own loop takes them
+    ts = times.tolist() if isinstance(times, Tensor) else [float(t) for t in times]
+    if not isinstance(times, Tensor):
+        times = None
     T = ts[-1]
     jumps = [float(j) for j in jumps if ts[0] < float(j) < T]
     fixed = method in FIXED
@@ -616,18 +616,18 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
                          f"{method!r} (use rtol/atol, or options['first_step'])")
     start, fused = time.perf_counter(), False
     if solver == "torchode":
-        sol, stats = _torchode(rhs, y0, times, method, rtol, atol, step_size, jumps, max_steps,
+        sol, stats = _torchode(rhs, y0, _time_tensor(times, ts), method, rtol, atol, step_size, jumps, max_steps,
                                opts, into)
     else:
         fused = (method in _FIXED_RK and set(opts) <= _FIXED_OPTIONS
                  and opts.get("interp", "linear") == "linear") or (
             method in ADAPTIVE and set(opts) <= _ADAPTIVE_OPTIONS)
         if fused:
-            sol, stats = _fused(rhs, y0, times, ts, method, rtol, atol, step if fixed else None,
+            sol, stats = _fused(rhs, y0, ts, method, rtol, atol, step if fixed else None,
                                 jumps, max_steps, min_step, opts, dense, check_finite,
                                 explain, into, final_only, workspace)
         else:
-            sol, stats = _odeint(rhs, y0, times, method, rtol, atol, step if fixed else None,
+            sol, stats = _odeint(rhs, y0, _time_tensor(times, ts), method, rtol, atol, step if fixed else None,
                                  jumps, max_steps, min_step, opts, dense, check_finite,
                                  explain, into)
     if final_only and len(sol) > 1:
@@ -644,7 +644,12 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
     return sol, stats
 
 
-def _fused(rhs, y0, times, ts, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
+def _time_tensor(times: Tensor | None, ts: list[float]) -> Tensor:
+    """The save times as the float64 tensor the library loops take (the caller's, if given)."""
+    return times if times is not None else torch.tensor(ts, dtype=torch.float64)
+
+
+def _fused(rhs, y0, ts, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
            check_finite, explain, into, final_only, workspace):
     """The explicit Runge–Kutta methods on the fused flat-state stepper."""
     flat = y0 if y0.ndim == 1 else y0.reshape(-1)  # y0 itself: F may recognise its start
