@@ -82,7 +82,7 @@ def lanczos(op: Callable[[Tensor], Tensor], v0: Tensor, k: int = 1, iters: int =
         w = torch.stack([op(x) for x in q])
         products += b
         Qm = Qbuf[:m + b]
-        C = (Qm @ w.T).numpy()                                  # Qᵀ A q, (m + b, b)
+        C = (Qm @ w.T).detach().cpu().numpy()                   # Qᵀ A q, (m + b, b)
         T = np.block([[T, C[:m]], [C[:m].T, 0.5 * (C[m:] + C[m:].T)]])
         m += b
         for _ in range(2):
