@@ -148,3 +148,19 @@ def test_limit_command_runs_the_adam_modified_sweep(tmp_path):
 
     rec = json.loads((tmp_path / "limit.json").read_text())
     assert rec["reference"] == "modified" and rec["order"] == pytest.approx(2.0, abs=0.1)
+
+
+def test_limit_command_notes_a_singular_start(capsys):
+    """From torch's v = 0 RMSprop's error is not a power series in h: the fitted order of the
+    plain flow is about ½ (not 1), and the command says why; Adam's start is regular."""
+    from fluxode.cli import main
+
+    args = ["--problem", "quadratic", "--lr", "0.01", "--T", "2", "--hs", "0.25", "0.125",
+            "0.0625"]
+    main(["limit", "--flow", "rmsprop", *args])
+    out = capsys.readouterr().out
+    order = float(out.split("order ")[1].split()[0])
+    assert order < 0.75
+    assert "note: rmsprop starts where its field is singular (v(0) = 0" in out
+    main(["limit", "--flow", "adam", *args])
+    assert "note:" not in capsys.readouterr().out

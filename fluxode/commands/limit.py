@@ -1,9 +1,12 @@
 """Sweep the step h along a scaling path: discrete runs vs the continuous flow, fitted order.
 
 Runs the discrete optimizer at each h to step-clock time T and integrates the path's limit
-flow (or, with --modified, the first-order modified flow of GD/heavy ball) with dopri5 at
-1e-12 in float64; prints the global error at T, the max error over [0, T] and the fitted
-order with a 95% t-interval. Example:
+flow (or, with --modified, the flow's first-order modified flow: GD/heavy ball, RMSprop,
+Adam) with dopri5 at 1e-12 in float64; prints the global error at T, the max error over
+[0, T] and the fitted order with a 95% t-interval. A flow whose field is singular at its
+declared start (``Flow.singular_start``: RMSprop, AdaGrad from v = 0) gets a note: its error
+is not a power series in h from there, so the orders fall below the path's (½ for the
+plain flow, 1 for the modified one). Example:
 
     fluxode limit --flow sgd --problem ravine --lr 0.01 --modified --out out/limit
 """
@@ -71,6 +74,10 @@ def run(args) -> int:
         print(f"{h:>10.4g} {e:>12.4e} {m:>12.4e}")
     lo, hi = s.order_ci
     print(f"order {s.order:.3f}  (95% CI [{lo:.3f}, {hi:.3f}]);  max-error order {s.max_order:.3f}")
+    why = flow.singular_start()
+    if why:
+        print(f"note: {flow.name} starts where its field is singular ({why}); from there the "
+              "error is not a power series in h, and the fitted order falls below the path's")
     if args.out:
         print(f"wrote {args.out}/limit.json, {rec['figure']}")
     return 0
