@@ -22,8 +22,9 @@ is freed (CPU has no allocator statistics), in units of the state (W and the flo
 variables) — target ≤ (stages + 2) × state; the step measured starts without the stage
 buffers an optimizer keeps between steps (``keep_stage_buffers``), which are printed
 separately with the copy of W in the flat state. The floor printed beside the ratio is the
-ratio an ideal step would reach that only streams the bytes the method must move
-(``traffic_floor``) at this machine's copy bandwidth, measured in the same run.
+ratio an ideal step would reach that only streams the bytes the method must move, its field
+fused with the stage combination after it (``traffic_floor``), at this machine's copy
+bandwidth, measured in the same run.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_solve.py [--rounds 5] [--sizes 3 5 6]
     OMP_NUM_THREADS=1 fluxode bench --solve [--rounds 5]
@@ -32,6 +33,7 @@ ratio an ideal step would reach that only streams the bytes the method must move
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -194,22 +196,37 @@ def _field_alone(opts, closure, rounds):
 
 def traffic_floor(method: str, nfe: float, state: int, params: int) -> float:
     """Bytes an ideal ODE step must stream for ``nfe`` evaluations of an elementwise field on
-    a flat state of ``state`` bytes (``params``: bytes of W, and of g): each evaluation reads
-    the state and g and writes dy (2S + P) and, but for the start, puts W into the model
-    (2P; the last write is the step's result); each stage input y₀ + Δτ Σⱼ Aᵢⱼkⱼ reads y₀ and
-    the kⱼ it uses and writes one state, so does y₁ (unless FSAL), and an adaptive error
-    estimate reads its kⱼ, y₀ and y₁. Stages and weights are the method's tableau."""
+    a flat state of ``state`` bytes (``params``: bytes of W, and of g): the field fused with
+    the stage combination that follows it. Evaluation i reads its stage input yᵢ and g
+    (S + P), keeps kᵢ in registers for the next combination — the next stage input
+    y₀ + Δτ Σⱼ Aᵢⱼkⱼ, or y₁ after the last stage (unless FSAL), and the error estimate
+    (adaptive, with the last stage) — which reads y₀ (but after the first evaluation, whose
+    input is y₀), the earlier kⱼ it uses, and writes one state; kᵢ is written only if a
+    later combination needs it. But for the step's first, each evaluation puts W into the
+    model (read and write, 2P). Stages and weights are the method's tableau; the error
+    estimate's tolerance reads y₀ and y₁ again (2S)."""
     from .solve import _tableau
 
     tab = _tableau(method)
-    nnz = lambda row: sum(1 for a in row if a != 0)  # noqa: E731
-    per_step = sum(nnz(row) + 2 for row in tab.A)
-    if not tab.fsal:
-        per_step += nnz(tab.b) + 2
+    s = tab.stages
+    # combination after evaluation i: row i of A (the next stage input); after the last, b
+    # (y₁; FSAL: the last stage input was y₁ already) and the error weights e
+    combos = [list(row) for row in tab.A] + [[] if tab.fsal else list(tab.b)]
     if tab.e is not None:
-        per_step += nnz(tab.e) + 2
-    solver_steps = (nfe - 1) / (tab.stages - 1) if tab.fsal else nfe / tab.stages
-    return nfe * (2 * state + params) + 2 * params * nfe + solver_steps * per_step * state
+        combos[-1] = [x or y for x, y in itertools.zip_longest(combos[-1], tab.e, fillvalue=0)]
+    per_step = 0.0  # in units of the state
+    for i in range(s):
+        uses = [j for j, a in enumerate(combos[i]) if a != 0]
+        later = any(len(c) > i and c[i] != 0 for c in combos[i + 1:])
+        per_step += 1 + later  # read yᵢ; write kᵢ if a later combination reads it
+        if uses:
+            earlier = sum(1 for j in uses if j < i)
+            per_step += (i > 0) + earlier + 1  # read y₀ (yᵢ itself when i = 0), kⱼ; write
+    if tab.e is not None:
+        per_step += 2
+    evals = s - 1 if tab.fsal else s
+    solver_steps = nfe / evals
+    return solver_steps * per_step * state + nfe * params + 2 * params * max(nfe - 1, 0)
 
 
 def _copy_bandwidth(nbytes: int, rounds: int) -> float:
