@@ -491,9 +491,11 @@ class _Plan:
                 engine.check_start([flow], opt.method, (
                     "take the first few steps with method='discrete' (torch.optim's update) "
                     "or load the state of a few torch.optim steps, then set the optimizer's "
-                    f"method back to {opt.method!r} (one discrete step may not be enough: "
-                    "while the accumulator is small, rk4's 3/8-rule stages can push it below "
-                    "0, where the field is |g|/ε)"))
+                    f"method back to {opt.method!r} (one or two discrete steps may not be "
+                    "enough: while the accumulator is small the field is stiff and a "
+                    "fixed-step stage can push it below 0, where the field is |g|/ε; the run "
+                    "then diverges with finite values — on a small MLP three steps were "
+                    "needed, and dopri5 takes ~70 steps for the first interval)"))
             base = [self.count[ps[0]] * h for ps, _ in units]
             bufs = [torch.empty(shape, dtype=dtype, device=ps[0].device) if len(ps) > 1
                     else None for ps, shape in units]
