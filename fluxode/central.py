@@ -73,14 +73,15 @@ a curving loss. ``compare`` averages GD's loss and the predicted loss with the *
 filter (σ = 50 steps, the width the authors' public example smooths GD's loss with), over the
 EoS phase only: the filter's bias cancels, what is left is the model's error.
 
-η = 0.3 on the tanh MLP never holds an established oscillation: S overshoots 2/η by ≤ 4% for
-~700 steps while the unstable mode grows at ηS − 1 ≈ 1% per step, releases in a catapult
-(step ~1650) that throws S to 0.98 × 2/η where GD is stable and its oscillation dies, crosses
-again (~1950) and repeats in slower cycles (loss bumps ×2 at ~2450, ×1.15 at ~3700) — GD
-alternates between δ ≈ 0 and bursts, and near step 2000 it is closer to gradient flow
-(‖w_GD − w_flow‖ ≈ 3e-4) than to any flow with σ² > 0. The central flow's σ² is the average
-over such cycles; over a horizon of one or two cycles the comparison is dominated by the
-cycle's phase (see experiments/README.md for what is measured there).
+η = 0.3 on the tanh MLP on 100 digits (``tanh_mlp()``) never holds an established
+oscillation: S overshoots 2/η by ≤ 4% for ~700 steps while the unstable mode grows at
+ηS − 1 ≈ 1% per step, releases in a catapult (step ~1650) that throws S to 0.98 × 2/η where
+GD is stable and its oscillation dies, crosses again (~1950) and repeats in slower cycles —
+GD alternates between δ ≈ 0 and bursts, which no flow with a steady σ² describes. On 400
+digits (``tanh_mlp(n=400)``) the first overshoot (1.057 × 2/η) rings down in ~400 steps and GD
+then hovers at 1.003 × 2/η with a sustained oscillation; there the central flow meets the
+distance target, and its predicted loss misses GD's only during the ring-down, where S dips
+below 2/η and GD's oscillation decays (see experiments/README.md).
 """
 
 from __future__ import annotations

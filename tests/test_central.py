@@ -220,6 +220,29 @@ def test_eos_onset_finds_the_crossing_and_the_self_stabilization():
         compare(cf, Valley(), 20)  # the valley sharpens from 1 to 1.2 in 20 steps
 
 
+@pytest.mark.slow
+def test_gd_central_flow_meets_the_eos_targets_where_gd_hovers_at_the_edge():
+    """Issue 15's targets on a small setting where GD sits at the edge of stability (a 610-
+    parameter tanh MLP on 100 digits, η = 0.8: S crosses 2/η at step 54 and stays within a few
+    % of it; one eigenvalue at the edge, k = 1): from the onset to T = 900, by ``compare`` (the
+    experiment's measurement), ‖w_GD − w_central‖/‖w_GD − w_gradflow‖ ≤ 0.1 at T while the
+    central flow holds S at 2/η, and the predicted loss L + ½σ²S within 5% of GD's loss (both
+    averaged by the same Gaussian filter) at every saved time of the EoS phase."""
+    p = Sh.tanh_mlp(n=100, hidden=8)
+    cf = GDCentralFlow(0.8, k=1)
+    r = compare(cf, p, 900, save_every=10, sigma=50, method="midpoint", step_size=0.5)
+    thr, t0 = cf.threshold, r["start"]
+    at, S = np.array(r["probe"]["steps"]), np.array(r["probe"]["sharpness"]) / thr
+    assert r["crossing"] < t0 < 300
+    assert np.abs(S[at >= t0 + 100] - 1).max() < 0.05       # GD hovers at 2/η
+    late = np.array(r["times"]) >= t0 + 50
+    assert np.abs(np.array(r["central_sharpness"])[late] / thr - 1).max() < 1e-3
+    assert r["distance_plain"][-1] > 1.5 * r["distance_plain"][5]  # gradient flow leaves GD
+    assert r["ratio"][-1] <= 0.1
+    assert max(r["rel_loss_error"]) <= 0.05
+    assert r["lanczos_all_converged"] and r["max_sdcp_residual"] < 1e-10
+
+
 def test_adam_has_no_central_flow_and_says_why():
     with pytest.raises(ValueError, match="through m"):
         central_flow("adam", 0.01)
