@@ -37,11 +37,13 @@ from fluxode.io import write_json  # noqa: E402
 args = parse(__doc__)
 q = args.quick
 p = Sh.tanh_mlp(n=400)
-# (optimizer, lr, T, k, hyperparameters): T past the onset (GD η=0.5: 236; η=0.3: 1936;
-# RMSprop: 86); k covers the eigenvalues that reach 2/η (3-4 at η = 0.5, 1 at η = 0.3, 4 for
-# RMSprop) and the next one
-settings = [("gd", 0.5, 300 if q else 900, 4, {}), ("gd", 0.3, 1990 if q else 3400, 2, {}),
-            ("rmsprop", 1e-3, 150 if q else 700, 4, {"alpha": 0.99})]
+# (optimizer, lr, T, k, hyperparameters): the onset (``eos_onset``, after the oscillation's
+# collapse right after the first push back: GD η=0.5: 236 → 336; η=0.3: 1936 → 2132; RMSprop:
+# 86 → 218) plus the EoS phase the previous run compared over (664 / 1464 / 614 steps); k
+# covers the eigenvalues that reach 2/η (3-4 at η = 0.5, 1 at η = 0.3, 4 for RMSprop) and the
+# next one
+settings = [("gd", 0.5, 400 if q else 1000, 4, {}), ("gd", 0.3, 2190 if q else 3600, 2, {}),
+            ("rmsprop", 1e-3, 280 if q else 850, 4, {"alpha": 0.99})]
 if q:
     settings = settings[:1]
 

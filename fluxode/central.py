@@ -61,8 +61,11 @@ Where it applies. The central flow describes an *established* oscillation. When 
 sharpening carries GD's sharpness across 2/η, the unstable mode starts from ~0 and grows at
 the rate |1 − ηS| per step, so GD first follows gradient flow past the threshold (on the
 tanh MLP at η = 0.5: crossing at step 58, overshoot to 1.4 × 2/η at step 150) before the
-grown oscillation pushes S back. ``compare`` therefore starts the flows at ``eos_onset``,
-from the discrete run's centre ½(y_t + y_{t+1}).
+grown oscillation pushes S back. That first push can overshoot below 2/η, where GD is
+stable and its oscillation dies within tens of steps (on the tanh MLP on 400 digits at
+η = 0.5 and 0.3, and for RMSprop), to regrow at the next crossing. ``compare`` therefore
+starts the flows at ``eos_onset`` — the halved overshoot after the last such collapse — from
+the discrete run's centre ½(y_t + y_{t+1}).
 
 What "GD's time-averaged loss" is. The prediction L + ½⟨Σ, H⟩ is the average over the
 oscillation, and GD's oscillation is not only the period-two flip: its amplitude rises and
@@ -78,10 +81,9 @@ oscillation: S overshoots 2/η by ≤ 4% for ~700 steps while the unstable mode 
 ηS − 1 ≈ 1% per step, releases in a catapult (step ~1650) that throws S to 0.98 × 2/η where
 GD is stable and its oscillation dies, crosses again (~1950) and repeats in slower cycles —
 GD alternates between δ ≈ 0 and bursts, which no flow with a steady σ² describes. On 400
-digits (``tanh_mlp(n=400)``) the first overshoot (1.057 × 2/η) rings down in ~400 steps and GD
-then hovers at 1.003 × 2/η with a sustained oscillation; there the central flow meets the
-distance target, and its predicted loss misses GD's only during the ring-down, where S dips
-below 2/η and GD's oscillation decays (see experiments/README.md).
+digits (``tanh_mlp(n=400)``) the first overshoot (1.057 × 2/η) swings S down to 0.96 × 2/η,
+GD's oscillation dies (×30), S crosses again at ~2020 and GD then hovers at 1.003 × 2/η with a
+sustained oscillation: ``eos_onset`` starts the comparison there (see experiments/README.md).
 """
 
 from __future__ import annotations
@@ -457,20 +459,30 @@ def central_flow(optimizer: str, lr: float, **kw) -> CentralFlow:
     raise ValueError(f"optimizer must be 'gd' or 'rmsprop', got {optimizer!r}")
 
 
-def eos_onset(central: CentralFlow, problem, disc: Tensor, every: int = 2) -> dict:
-    """Where the discrete run ``disc`` (rows: states) enters the edge of stability, from its
-    (preconditioned) sharpness S_t measured every ``every`` steps: ``crossing``, the first t
-    with S_t ≥ 2/η after S was below it (progressive sharpening reaches the threshold), and
-    ``onset``, the first t after it where the overshoot has halved,
+def eos_onset(central: CentralFlow, problem, disc: Tensor, every: int = 2,
+              collapse: float = 10.0, window: int = 50, hold: int = 25) -> dict:
+    """Where the discrete run ``disc`` (rows: states) enters the edge of stability for good,
+    from its (preconditioned) sharpness S_t measured every ``every`` steps and its period-two
+    oscillation a_t = ‖w_{t+1} − 2w_t + w_{t−1}‖/4 (every step).
+
+    ``crossing``: the first t with S_t ≥ 2/η after S was below it (progressive sharpening
+    reaches the threshold); ``onset``: the first t after it where the overshoot has halved,
     S_t − 2/η ≤ ½ max_{crossing ≤ s ≤ t}(S_s − 2/η): past 2/η the unstable mode grows from ~0
     at the rate |1 − ηS| per step, so the run first follows gradient flow beyond the threshold;
-    the grown oscillation then pushes S back (self-stabilization) — from here the oscillation
-    the central flow averages over is established. None where not reached; ``steps`` and
-    ``sharpness``: the measurements."""
+    the grown oscillation then pushes S back (self-stabilization). That first push can
+    overshoot the other way: S falls below 2/η, GD is stable there and its oscillation dies
+    (a_t stays ``collapse`` × below its maximum over the ``window`` steps before, for ``hold``
+    steps or more), and the mode has to regrow from ~0 when S crosses again (measured on the
+    tanh MLP on 400 digits right after the first onset: for 55 steps, ×6000, at η = 0.5; 34
+    steps, ×22, at η = 0.3; 50 steps, ×85, for RMSprop — while within GD's self-stabilization
+    cycles on 100 digits at η = 0.5 a_t dips ×15–34 for only 14–17 steps). The
+    oscillation the central flow averages over is established only after the last such
+    collapse: the crossing and the halved overshoot are searched again from there
+    (``collapses``: where they happened; ``first_onset``: the onset before the first one).
+    None where not reached; ``steps`` and ``sharpness``: the measurements; ``amplitude``:
+    a_t (NaN at the ends)."""
     n = problem.dim
     at, vals, warm = [], [], None
-    crossing = onset = None
-    below, peak = False, -math.inf
     for t in range(0, len(disc), every):
         y = disc[t]
         e = lanczos(hvp_operator(problem.loss, y[:n], central.preconditioner(y)),
@@ -478,16 +490,43 @@ def eos_onset(central: CentralFlow, problem, disc: Tensor, every: int = 2) -> di
                     iters=100, tol=1e-7)
         warm = e.vectors
         at.append(t)
-        S = e.values[0]
-        vals.append(S)
-        if crossing is None and below and S >= central.threshold:
-            crossing = t
-        if crossing is not None and onset is None:
-            peak = max(peak, S - central.threshold)
-            if S - central.threshold <= 0.5 * peak and peak > 0:
-                onset = t
-        below = below or S < central.threshold
-    return {"crossing": crossing, "onset": onset, "steps": at, "sharpness": vals}
+        vals.append(e.values[0])
+    W = disc[:, :n]
+    amp = np.full(len(disc), np.nan)
+    if len(disc) > 2:
+        amp[1:-1] = ((W[2:] - 2 * W[1:-1] + W[:-2]).norm(dim=1) / 4).numpy()
+
+    def entry(after: int):
+        """(crossing, onset) of S measured after step ``after``."""
+        crossing = onset = None
+        below, peak = False, -math.inf
+        for t, S in zip(at, vals):
+            if t <= after:
+                continue
+            if crossing is None and below and S >= central.threshold:
+                crossing = t
+            if crossing is not None:
+                peak = max(peak, S - central.threshold)
+                if S - central.threshold <= 0.5 * peak and peak > 0:
+                    onset = t
+                    break
+            below = below or S < central.threshold
+        return crossing, onset
+
+    crossing, onset = entry(-1)
+    first, collapses = onset, []
+    while onset is not None:
+        low = [amp[t] * collapse < np.nanmax(amp[max(onset, t - window):t])
+               for t in range(onset + 1, len(disc) - 1)]
+        died = next((onset + 1 + i for i in range(len(low) - hold + 1)
+                     if all(low[i:i + hold])), None)
+        if died is None:
+            break
+        collapses.append(died)
+        crossing, onset = entry(died)  # each pass starts later: the loop ends
+    return {"crossing": crossing, "onset": onset, "first_onset": first,
+            "collapses": collapses, "steps": at, "sharpness": vals,
+            "amplitude": amp.tolist()}
 
 
 def compare(central: CentralFlow, problem, T: int, save_every: int = 10, sigma: float = 50.0,

@@ -243,6 +243,28 @@ def test_gd_central_flow_meets_the_eos_targets_where_gd_hovers_at_the_edge():
     assert r["lanczos_all_converged"] and r["max_sdcp_residual"] < 1e-10
 
 
+@pytest.mark.slow
+def test_eos_onset_waits_out_the_collapse_after_the_first_push_back():
+    """GD at η = 0.5 on the tanh MLP on 400 digits: the first push back of S overshoots below
+    2/η, GD's oscillation dies (×10 below its recent maximum), and the mode regrows at the
+    next crossing; the onset is that second entry's halved overshoot, after which the
+    oscillation does not collapse again."""
+    p = Sh.tanh_mlp(n=400)
+    cf = GDCentralFlow(0.5)
+    disc = cf.discrete(p, p.x0(), 420)
+    r = eos_onset(cf, p, disc, every=4)
+    a, (died,) = np.array(r["amplitude"]), r["collapses"]
+    assert r["first_onset"] < died < r["crossing"] < r["onset"]
+    assert a[died] * 10 < np.nanmax(a[r["first_onset"]:died])     # the oscillation died
+    S, at, thr = np.array(r["sharpness"]), r["steps"], cf.threshold
+    c, o = at.index(r["crossing"]), at.index(r["onset"])
+    assert S[c] >= thr > S[c - 1]                                  # crossed again
+    over = S[c:o + 1] - thr
+    assert over[-1] <= 0.5 * over.max() < over[-2]                 # and pushed back
+    after, trough = a[r["onset"]:-1], a[died:r["crossing"]].min()
+    assert after.min() * 10 >= after.max() and after.min() > 100 * trough  # established
+
+
 def test_adam_has_no_central_flow_and_says_why():
     with pytest.raises(ValueError, match="through m"):
         central_flow("adam", 0.01)
