@@ -481,6 +481,11 @@ def eos_onset(central: CentralFlow, problem, disc: Tensor, every: int = 2,
     (``collapses``: where they happened; ``first_onset``: the onset before the first one).
     None where not reached; ``steps`` and ``sharpness``: the measurements; ``amplitude``:
     a_t (NaN at the ends)."""
+    if not collapse > 1:
+        raise ValueError(f"collapse must be a factor in (1, inf), got {collapse!r}")
+    for name, v in (("window", window), ("hold", hold)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer in [1, inf), got {v!r}")
     n = problem.dim
     at, vals, warm = [], [], None
     for t in range(0, len(disc), every):

@@ -218,6 +218,11 @@ def test_eos_onset_finds_the_crossing_and_the_self_stabilization():
     assert over[-1] <= 0.5 * over.max() < over[-2]
     with pytest.raises(ValueError, match="raise T"):
         compare(cf, Valley(), 20)  # the valley sharpens from 1 to 1.2 in 20 steps
+    for kw, what in (({"collapse": 1.0}, "collapse must be a factor in"),
+                     ({"window": 0}, "window must be an integer"),
+                     ({"hold": 2.5}, "hold must be an integer")):
+        with pytest.raises(ValueError, match=what):
+            eos_onset(cf, p, disc, **kw)
 
 
 @pytest.mark.slow
