@@ -598,10 +598,8 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
     max_steps = check_max_steps(max_steps)
     opts = dict(options or {})
     # the save times as numbers: read once from a tensor; numbers are never made a tensor
-    # unless torchdiffeq's or torchode's own loop takes them
+    # unless torchdiffeq's or torchode's own loop takes them (``_time_tensor``)
     ts = times.tolist() if isinstance(times, Tensor) else [float(t) for t in times]
-    if not isinstance(times, Tensor):
-        times = None
     T = ts[-1]
     jumps = [float(j) for j in jumps if ts[0] < float(j) < T]
     fixed = method in FIXED
@@ -616,8 +614,8 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
                          f"{method!r} (use rtol/atol, or options['first_step'])")
     start, fused = time.perf_counter(), False
     if solver == "torchode":
-        sol, stats = _torchode(rhs, y0, _time_tensor(times, ts), method, rtol, atol, step_size, jumps, max_steps,
-                               opts, into)
+        sol, stats = _torchode(rhs, y0, _time_tensor(times, ts), method, rtol, atol, step_size,
+                               jumps, max_steps, opts, into)
     else:
         fused = (method in _FIXED_RK and set(opts) <= _FIXED_OPTIONS
                  and opts.get("interp", "linear") == "linear") or (
@@ -627,9 +625,9 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
                                 jumps, max_steps, min_step, opts, dense, check_finite,
                                 explain, into, final_only, workspace)
         else:
-            sol, stats = _odeint(rhs, y0, _time_tensor(times, ts), method, rtol, atol, step if fixed else None,
-                                 jumps, max_steps, min_step, opts, dense, check_finite,
-                                 explain, into)
+            sol, stats = _odeint(rhs, y0, _time_tensor(times, ts), method, rtol, atol,
+                                 step if fixed else None, jumps, max_steps, min_step, opts, dense,
+                                 check_finite, explain, into)
     if final_only and len(sol) > 1:
         sol = sol[-1:]
     if y0.device.type == "cuda":
@@ -644,9 +642,10 @@ def solve(rhs: Callable, y0: Tensor, times: Tensor | Sequence[float], *,
     return sol, stats
 
 
-def _time_tensor(times: Tensor | None, ts: list[float]) -> Tensor:
-    """The save times as the float64 tensor the library loops take (the caller's, if given)."""
-    return times if times is not None else torch.tensor(ts, dtype=torch.float64)
+def _time_tensor(times: Tensor | Sequence[float], ts: list[float]) -> Tensor:
+    """The save times as the tensor the library loops take: the caller's, if it gave one,
+    else ``ts`` as float64."""
+    return times if isinstance(times, Tensor) else torch.tensor(ts, dtype=torch.float64)
 
 
 def _fused(rhs, y0, ts, method, rtol, atol, step, jumps, max_steps, min_step, opts, dense,
