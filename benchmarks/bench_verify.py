@@ -21,32 +21,25 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from fluxode import schedules, threads
+from fluxode import threads
 from fluxode import verify as V
-from fluxode.flows import FLOWS
 
 
-def torch_alone(case: V.Case, dtype: torch.dtype, steps: int, seed: int = 0) -> float:
-    """CPU seconds of the reference side of ``case`` alone (as ``run_case`` sets it up)."""
-    cls = FLOWS[case.flow]
-    torch.manual_seed(seed)
-    x, y = torch.randn(64, 6, dtype=dtype), torch.randn(64, 3, dtype=dtype)
-    net = V._Net(cls.param_dims).to(dtype)
-    opt = cls(lr=V.LR, **case.options).reference_optimizer(net.parameters())
-    sched = V.torch_scheduler(schedules.parse(case.schedule), opt)
-    sign = -1.0 if case.options.get("maximize") else 1.0
+def torch_alone(case: V.Case, dtype: torch.dtype, steps: int) -> float:
+    """CPU seconds of the reference side of ``case`` alone (``verify.reference_side``, the
+    setup ``run_case`` uses)."""
+    net, opt, sched, _, loss = V.reference_side(case, dtype)
     params = list(net.parameters())
     t = time.process_time()
     for _ in range(steps):
         for p in params:
             p.grad = None
-        (sign * F.mse_loss(net(x), y)).backward()
+        loss(net).backward()
         if case.max_grad_norm is not None:
             nn.utils.clip_grad_norm_(params, case.max_grad_norm)
         opt.step()
@@ -80,9 +73,7 @@ def main(argv=None) -> dict:
     print(f"{len(todo)} cases, {args.dtype}, measured at {args.steps} steps, scaled to 1000 "
           f"(CPU seconds, one thread; torch {torch.__version__})")
     print(f"{'flow':<20} {'cases':>5} {'torch alone':>12} {'whole case':>11} {'torch share':>12}")
-    counts = defaultdict(int)
-    for c in todo:
-        counts[c.flow] += 1
+    counts = Counter(c.flow for c in todo)
     for flow in counts:
         print(f"{flow:<20} {counts[flow]:>5} {theirs[flow]:>11.1f}s {mine[flow]:>10.1f}s "
               f"{theirs[flow] / mine[flow]:>11.0%}")

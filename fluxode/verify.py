@@ -152,6 +152,26 @@ def torch_scheduler(schedule: schedules.Schedule, opt: torch.optim.Optimizer):
     raise ValueError(f"no torch scheduler for {schedule!r}")
 
 
+def reference_side(case: Case, dtype: torch.dtype, seed: int = 0):
+    """The reference half of a case: the verify net (seeded, with the data drawn first), the
+    twin optimizer on it, the torch scheduler of the case's schedule (None for constant), the
+    schedule η itself, and the case's loss ±MSE(net(x), y) (``maximize`` cases maximize the
+    negated loss, so both sides stay bounded)."""
+    cls = FLOWS[case.flow]
+    torch.manual_seed(seed)
+    x = torch.randn(64, 6, dtype=dtype)
+    y = torch.randn(64, 3, dtype=dtype)
+    ref = _Net(cls.param_dims).to(dtype)
+    torch_opt = cls(lr=LR, **case.options).reference_optimizer(ref.parameters())
+    eta = schedules.parse(case.schedule)
+    sign = -1.0 if case.options.get("maximize") else 1.0
+
+    def loss(net):
+        return sign * F.mse_loss(net.forward(x), y)
+
+    return ref, torch_opt, torch_scheduler(eta, torch_opt), eta, loss
+
+
 def run_case(case: Case, dtype: torch.dtype, steps: int, seed: int = 0) -> dict:
     """Run torch and fluxode side by side; return the comparison record.
 
@@ -161,23 +181,13 @@ def run_case(case: Case, dtype: torch.dtype, steps: int, seed: int = 0) -> dict:
     the first step they differ on, both losses go through one backward pass
     (d(L₁ + L₂)/dθ₁ = dL₁/dθ₁, exactly; no more comparisons). The gradients are cleared as
     both optimizers' ``zero_grad()`` does (set to None)."""
-    cls = FLOWS[case.flow]
-    torch.manual_seed(seed)
-    x = torch.randn(64, 6, dtype=dtype)
-    y = torch.randn(64, 3, dtype=dtype)
-    ref, mine = _Net(cls.param_dims).to(dtype), _Net(cls.param_dims).to(dtype)
+    ref, torch_opt, sched, eta, loss = reference_side(case, dtype, seed)
+    mine = _Net(FLOWS[case.flow].param_dims).to(dtype)
     mine.load_state_dict(ref.state_dict())
-    torch_opt = cls(lr=LR, **case.options).reference_optimizer(ref.parameters())
-    eta = schedules.parse(case.schedule)
-    sched = torch_scheduler(eta, torch_opt)
     flux_opt = FlowOptimizer(mine.parameters(), case.flow, lr=LR,
                              max_grad_norm=case.max_grad_norm, **case.options)
     flux_sched = torch_scheduler(eta, flux_opt)
-    sign = -1.0 if case.options.get("maximize") else 1.0
     ref_params, my_params = list(ref.parameters()), list(mine.parameters())
-
-    def loss(net):
-        return sign * F.mse_loss(net.forward(x), y)
 
     sched_err, same = 0.0, True
     both = ref_params + my_params
